@@ -1,0 +1,3 @@
+from mmgpt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Special tokens, IGNORE_INDEX, and the tokenizers used by the project.
+
+OpenFlamingo adds two tokens to the language model's tokenizer, in this order: ``<|endofchunk|>`` (closes an
+image-text chunk) and ``<image>`` (one per image; the image's latents are cross-attention memory, so an image
+costs exactly one token of context), then ``<PAD>`` when the tokenizer has no pad token. For LLaMA-7B (32000
+base) that gives ids 32000, 32001, 32002 and a vocabulary of 32003 (reference.md section 2).
+
+This module is the one home of those strings and of IGNORE_INDEX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+END_OF_CHUNK = "<|endofchunk|>"
+IMAGE = "<image>"
+PAD = "<PAD>"
+
+
+@dataclass(frozen=True)
+class SpecialTokenIds:
+    """The ids the model and the data pipeline need, read once from a tokenizer."""
+
+    image: int
+    end_of_chunk: int
+    pad: int
+    eos: int
+    bos: int | None
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> SpecialTokenIds:
+    """Add ``<|endofchunk|>``, ``<image>`` (and ``<PAD>`` if there is no pad token) in OpenFlamingo's order.
+
+    Idempotent: a tokenizer that already has them (e.g. one saved by this project) is left unchanged.
+    """
+    missing = [t for t in (END_OF_CHUNK, IMAGE) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    return special_token_ids(tokenizer)
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialTokenIds:
+    """Read the special ids of a tokenizer that already went through :func:`add_special_tokens`."""
+    vocab = tokenizer.get_vocab()
+    for token in (END_OF_CHUNK, IMAGE):
+        if token not in vocab:
+            raise ValueError(
+                f"tokenizer has no {token!r} token; call mmgpt.tokens.add_special_tokens(tokenizer) first"
+            )
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no EOS token; every response ends with EOS, so one is required")
+    return SpecialTokenIds(
+        image=vocab[IMAGE],
+        end_of_chunk=vocab[END_OF_CHUNK],
+        pad=tokenizer.pad_token_id,
+        eos=tokenizer.eos_token_id,
+        bos=tokenizer.bos_token_id,
+    )
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 512) -> PreTrainedTokenizerBase:
+    """Train a small tokenizer for tiny models (byte-level BPE, ``<s>`` prepended, ``</s>`` as EOS).
+
+    Used for tiny models built locally (tests, the embedded default): byte-level, so every string round-trips,
+    and LLaMA's conventions where they matter here (BOS prepended, ``</s>`` EOS, ``<unk>``). Special tokens are
+    NOT added here; :func:`add_special_tokens` does that, exactly as for a real LLaMA tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    unk, bos, eos = "<unk>", "<s>", "</s>"
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[unk, bos, eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk)
