@@ -50,9 +50,7 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialTokenIds:
     vocab = tokenizer.get_vocab()
     for token in (END_OF_CHUNK, IMAGE):
         if token not in vocab:
-            raise ValueError(
-                f"tokenizer has no {token!r} token; call mmgpt.tokens.add_special_tokens(tokenizer) first"
-            )
+            raise ValueError(f"tokenizer has no {token!r} token; call mmgpt.tokens.add_special_tokens(tokenizer) first")
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no EOS token; every response ends with EOS, so one is required")
     return SpecialTokenIds(

@@ -1,0 +1,319 @@
+"""Generation: cached decoding with images, sampling controls, stop tokens and strings, streaming.
+
+The prompt (and its images) run once; then each step feeds only the new token. The LM's self-attention
+keys/values live in the KV cache, the vision features are computed once per image, and the cross-attention
+keys/values of each image are projected once per generation (cached in :class:`~mmgpt.model.fusion.Media`),
+never at every step as the reference implementation did.
+
+Legend: b batch (rows after ``num_return_sequences``), T prompt tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mmgpt.model.flamingo import Flamingo
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings. ``temperature == 0`` is greedy decoding; otherwise sampling with the filters below."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off; > 1 discourages tokens already in prompt or output
+    stop_token_ids: tuple[int, ...] = ()  # EOS always stops
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+    num_return_sequences: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens} must be >= 1"),
+            (self.temperature >= 0, f"temperature={self.temperature} must be >= 0 (0 = greedy)"),
+            (self.top_k >= 0, f"top_k={self.top_k} must be >= 0 (0 = off)"),
+            (0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]"),
+            (self.repetition_penalty > 0, f"repetition_penalty={self.repetition_penalty} must be > 0"),
+            (
+                self.num_return_sequences >= 1,
+                f"num_return_sequences={self.num_return_sequences} must be >= 1",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.num_return_sequences > 1 and self.temperature == 0:
+            raise ValueError("num_return_sequences > 1 needs sampling (temperature > 0); greedy copies are equal")
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # generated tokens, without the stop token
+    text: str  # decoded, cut before a stop string
+    finish_reason: FinishReason
+    prompt_tokens: int
+
+
+# ---------------------------------------------------------------------------------------------- batching
+def pad_left(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists -> input_ids [b, T], attention_mask [b, T] (so every row ends at the same column)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def stack_images(images: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Per-row image tensors [m_i, 3, H, W] (or None) -> images [b, m, 1, 3, H, W] zero-padded, counts [b]."""
+    counts = torch.tensor([0 if x is None else x.shape[0] for x in images], dtype=torch.long)
+    shapes = {tuple(x.shape[1:]) for x in images if x is not None and x.shape[0]}
+    if not shapes:
+        return None, counts
+    bad = [x.shape for x in images if x is not None and x.dim() != 4]
+    if bad or len(shapes) > 1:
+        raise ValueError(f"each row's images must be one tensor [images, 3, H, W] of the same H, W; got {shapes}")
+    (shape,) = shapes
+    out = torch.zeros(len(images), int(counts.max()), 1, *shape)
+    for row, x in enumerate(images):
+        if x is not None and x.shape[0]:
+            out[row, : x.shape[0], 0] = x
+    return out, counts
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def next_tokens(
+    logits: torch.Tensor, seen: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """logits [b, V] (float32), seen [b, S] token ids so far -> next token ids [b]."""
+    if config.repetition_penalty != 1.0:
+        picked = logits.gather(1, seen)
+        picked = torch.where(picked > 0, picked / config.repetition_penalty, picked * config.repetition_penalty)
+        logits = logits.scatter(1, seen, picked)
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / config.temperature
+    if config.top_k:
+        kth = logits.topk(min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Keep the smallest set of tokens whose probability reaches top_p (the most likely one always stays).
+        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= config.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+@torch.no_grad()
+def decode_tokens(
+    model: Flamingo,
+    *,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    images: torch.Tensor | None,
+    image_counts: torch.Tensor,
+    config: GenerationConfig,
+    stop_ids: set[int],
+    suppress_ids: Sequence[int] = (),
+    should_stop: Callable[[int, list[int]], bool] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield, per step, (tokens [b], alive [b]): the token chosen for each row and whether the row still runs.
+
+    A row stops at a stop id (the stop token is yielded with alive False), at ``should_stop(row, tokens)``, or
+    after ``max_new_tokens``. Rows are ``num_return_sequences`` copies of each prompt, prefilled once.
+    """
+    device = model.device
+    out = model(
+        input_ids.to(device),
+        images=None if images is None else images.to(device),
+        image_counts=image_counts,
+        attention_mask=attention_mask.to(device),
+        use_cache=True,
+    )
+    logits, cache = out.logits[:, -1], out.cache
+    seen = input_ids.to(device)
+    if config.num_return_sequences > 1:
+        rows = torch.arange(input_ids.shape[0], device=device).repeat_interleave(config.num_return_sequences)
+        logits, seen, cache = logits[rows], seen[rows], cache.select(rows)
+    generator = None
+    if config.temperature > 0:
+        generator = torch.Generator(device=device)
+        if config.seed is None:
+            generator.seed()  # non-deterministic, and leaves the global RNG alone
+        else:
+            generator.manual_seed(config.seed)
+    alive = torch.ones(seen.shape[0], dtype=torch.bool, device=device)
+    generated: list[list[int]] = [[] for _ in range(seen.shape[0])]
+    suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=device)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    for step in range(config.max_new_tokens):
+        logits = logits.float()
+        if suppress.numel():
+            logits[:, suppress] = float("-inf")
+        tokens = next_tokens(logits, seen, config, generator)
+        tokens = torch.where(alive, tokens, torch.zeros_like(tokens))
+        was_alive = alive.clone()
+        alive &= ~torch.isin(tokens, stop)
+        for row in was_alive.nonzero().flatten().tolist():
+            if alive[row]:
+                generated[row].append(int(tokens[row]))
+                if should_stop is not None and should_stop(row, generated[row]):
+                    alive[row] = False
+        yield tokens.where(was_alive, torch.full_like(tokens, -1)), alive.clone()
+        if not bool(alive.any()) or step == config.max_new_tokens - 1:
+            return
+        seen = torch.cat([seen, tokens[:, None]], dim=1)
+        out = model(tokens[:, None], attention_mask=alive[:, None].long(), cache=cache, use_cache=True)
+        logits, cache = out.logits[:, -1], out.cache
+
+
+class _RowText:
+    """Decoded text of one row, with the part that is safe to show (no half character, no partial stop string)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop_strings = tuple(s for s in stop_strings if s)
+        self.text = ""
+        self.stopped = False
+
+    def update(self, token_ids: list[int]) -> None:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        for s in self.stop_strings:
+            at = text.find(s)
+            if at >= 0:
+                text, self.stopped = text[:at], True
+        self.text = text
+
+    def safe(self) -> str:
+        """The prefix that can be shown now: it will not change when more tokens arrive."""
+        if self.stopped:
+            return self.text
+        text = self.text.rstrip("\ufffd")  # an incomplete multi-byte character
+        hold = 0
+        for s in self.stop_strings:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        return text[: len(text) - hold]
+
+
+def _stop_ids(tokenizer: PreTrainedTokenizerBase, config: GenerationConfig) -> set[int]:
+    return {tokenizer.eos_token_id, *config.stop_token_ids} - {None}
+
+
+def _suppressed(model: Flamingo, stop_ids: set[int]) -> list[int]:
+    """Never generate an ``<image>`` placeholder or padding (unless padding is also a stop token)."""
+    return [t for t in {model.special.image, model.special.pad} if t not in stop_ids]
+
+
+def generate(
+    model: Flamingo,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    *,
+    images: Sequence[torch.Tensor | None] | None = None,
+    config: GenerationConfig | None = None,
+) -> list[Generation]:
+    """Generate for a batch of tokenised prompts, each with its own images ([m_i, 3, H, W] or None).
+
+    Returns ``len(prompts) * num_return_sequences`` generations, the copies of each prompt adjacent.
+    """
+    config = config or GenerationConfig()
+    images = [None] * len(prompts) if images is None else list(images)
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but images for {len(images)} rows")
+    input_ids, attention_mask = pad_left(prompts, model.special.pad)
+    pixels, counts = stack_images(images)
+    stop_ids = _stop_ids(tokenizer, config)
+    texts = [_RowText(tokenizer, config.stop_strings) for _ in range(len(prompts) * config.num_return_sequences)]
+
+    def hit_stop_string(row: int, tokens: list[int]) -> bool:
+        texts[row].update(tokens)
+        return texts[row].stopped
+
+    results: list[list[int]] = [[] for _ in texts]
+    finish: list[FinishReason] = ["length"] * len(texts)
+    for tokens, _ in decode_tokens(
+        model,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        images=pixels,
+        image_counts=counts,
+        config=config,
+        stop_ids=stop_ids,
+        suppress_ids=_suppressed(model, stop_ids),
+        should_stop=hit_stop_string if config.stop_strings else None,
+    ):
+        for row, token in enumerate(tokens.tolist()):
+            if token < 0:
+                continue
+            if token in stop_ids or texts[row].stopped:
+                finish[row] = "stop"
+            if token not in stop_ids:
+                results[row].append(token)
+    generations = []
+    for row, ids in enumerate(results):
+        texts[row].update(ids)
+        prompt_len = len(prompts[row // config.num_return_sequences])
+        generations.append(Generation(ids, texts[row].text, finish[row], prompt_len))
+    return generations
+
+
+def stream(
+    model: Flamingo,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Sequence[int],
+    *,
+    images: torch.Tensor | None = None,
+    config: GenerationConfig | None = None,
+) -> Iterator[str]:
+    """Generate for one prompt, yielding text deltas as soon as they are final (joined, they equal the text of
+    :func:`generate` with the same config and seed)."""
+    config = config or GenerationConfig()
+    if config.num_return_sequences != 1:
+        raise ValueError("stream() produces one sequence; use generate() for num_return_sequences > 1")
+    input_ids, attention_mask = pad_left([prompt], model.special.pad)
+    pixels, counts = stack_images([images])
+    stop_ids = _stop_ids(tokenizer, config)
+    text = _RowText(tokenizer, config.stop_strings)
+    tokens: list[int] = []
+    shown = ""
+    for step, _ in decode_tokens(
+        model,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        images=pixels,
+        image_counts=counts,
+        config=config,
+        stop_ids=stop_ids,
+        suppress_ids=_suppressed(model, stop_ids),
+        should_stop=(lambda _row, ids: (text.update(ids), text.stopped)[1]) if config.stop_strings else None,
+    ):
+        token = int(step[0])
+        if token >= 0 and token not in stop_ids:
+            tokens.append(token)
+            text.update(tokens)
+        safe = text.safe()
+        if len(safe) > len(shown) and safe.startswith(shown):
+            yield safe[len(shown) :]
+            shown = safe
+    if text.text != shown and text.text.startswith(shown):
+        yield text.text[len(shown) :]

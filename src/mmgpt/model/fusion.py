@@ -1,0 +1,183 @@
+"""Fusion: gated cross-attention blocks inserted before decoder layers of any HF causal LM, without renaming.
+
+Each chosen decoder layer gets a child module ``gated_cross_attn_layer`` and a forward pre-hook that runs the
+block on the hidden states before the layer itself runs. The LM keeps all its own parameter names
+(``model.layers.3.self_attn.q_proj.weight``) and the blocks sit exactly where OpenFlamingo checkpoints put them
+(``model.layers.3.gated_cross_attn_layer.attn.to_q.weight``), so pretrained weights of both load unchanged.
+
+How per-call inputs reach the blocks: HF decoders do not all forward extra keyword arguments to their layers
+(MPT drops them), so :class:`~mmgpt.model.flamingo.Flamingo` binds a :class:`CrossAttentionInputs` in a
+``ContextVar`` for the duration of one LM call. A ContextVar is private to its thread and asyncio task, so two
+threads generating on one model never see each other's images; nothing is stored on a module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mmgpt.model.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention
+
+BLOCK_NAME = "gated_cross_attn_layer"
+
+# Where the decoder layers of each HF family live (``config.model_type`` -> attribute path).
+DECODER_LAYERS_PATHS = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "mixtral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "phi3": "model.layers",
+    "olmo": "model.layers",
+    "gpt_neox": "gpt_neox.layers",
+    "mpt": "transformer.blocks",
+    "gpt2": "transformer.h",
+    "gptj": "transformer.h",
+    "falcon": "transformer.h",
+    "bloom": "transformer.h",
+    "opt": "model.decoder.layers",
+}
+
+
+def decoder_layers(lm: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """Find the ModuleList of decoder layers: ``path`` if given, else by the model type."""
+    model_type = getattr(getattr(lm, "config", None), "model_type", None)
+    path = path or DECODER_LAYERS_PATHS.get(model_type)
+    if path is None:
+        raise ValueError(
+            f"don't know where the decoder layers of model_type={model_type!r} live; pass it explicitly, e.g. "
+            "lm.decoder_layers_path: 'model.layers' in the model config (the attribute path of the nn.ModuleList "
+            "of decoder layers inside the causal LM)"
+        )
+    layers = lm.get_submodule(path) if _has_submodule(lm, path) else None
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"{type(lm).__name__} has no nn.ModuleList at {path!r}; set lm.decoder_layers_path to the attribute "
+            "path of its decoder layers"
+        )
+    return path, layers
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+@dataclass
+class Media:
+    """Encoded images of a batch, the cross-attention memory of one forward or one generation.
+
+    latents [b, m, n, d_v] (rows with fewer images are zero-padded), counts [b]. Keys and values of each gated
+    block are projected once per image and cached here during inference, so decoding never recomputes them.
+    """
+
+    latents: torch.Tensor
+    counts: torch.Tensor
+    _keys_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @property
+    def latents_per_image(self) -> int:
+        return self.latents.shape[2]
+
+    @property
+    def num_images(self) -> int:
+        return self.latents.shape[1]
+
+    def keys_values(self, block_id: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._keys_values.get(block_id)
+        if cached is not None:
+            return cached
+        device, dtype = attn.to_kv.weight.device, attn.to_kv.weight.dtype
+        kv = attn.project_media(self.latents.to(device=device, dtype=dtype))
+        if not torch.is_grad_enabled():  # training recomputes (one call per block anyway, and grads flow)
+            self._keys_values[block_id] = kv
+        return kv
+
+    def select(self, rows: torch.Tensor) -> Media:
+        """The media of the given batch rows (e.g. to repeat a prompt for several samples)."""
+        kv = {i: (k[rows.to(k.device)], v[rows.to(v.device)]) for i, (k, v) in self._keys_values.items()}
+        return Media(self.latents[rows], self.counts[rows], kv)
+
+
+@dataclass
+class CrossAttentionInputs:
+    """Everything the gated blocks need for one LM call; lives only for that call.
+
+    index [b, T]: the attend index of each token of this chunk (0 = no image); bypass [b] or None: rows that skip
+    the gated blocks entirely (language-only rows under the bypass); checkpoint: recompute blocks in backward.
+    """
+
+    media: Media | None
+    index: torch.Tensor
+    bypass: torch.Tensor | None = None
+    checkpoint: bool = False
+
+
+_CURRENT: contextvars.ContextVar[CrossAttentionInputs | None] = contextvars.ContextVar(
+    "mmgpt_cross_attention_inputs", default=None
+)
+
+
+@contextlib.contextmanager
+def cross_attention_inputs(inputs: CrossAttentionInputs) -> Iterator[None]:
+    token = _CURRENT.set(inputs)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def insert_gated_blocks(
+    layers: nn.ModuleList, *, every_n_layers: int, make_block: Callable[[], GatedCrossAttentionBlock]
+) -> list[int]:
+    """Give layer i a gated block when (i + 1) % every_n_layers == 0; returns the indices of those layers."""
+    if every_n_layers < 1:
+        raise ValueError(f"cross_attention.every_n_layers={every_n_layers} must be >= 1")
+    chosen = [i for i in range(len(layers)) if (i + 1) % every_n_layers == 0]
+    for i in chosen:
+        layer = layers[i]
+        if hasattr(layer, BLOCK_NAME):
+            raise ValueError(f"decoder layer {i} already has a {BLOCK_NAME}; blocks are inserted once")
+        layer.add_module(BLOCK_NAME, make_block())
+        layer.register_forward_pre_hook(partial(_run_gated_block, i), with_kwargs=True)
+    return chosen
+
+
+def _run_gated_block(block_id: int, layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    inputs = _CURRENT.get()
+    if inputs is None:
+        raise RuntimeError(
+            "a decoder layer with a gated cross-attention block ran outside Flamingo.forward; call the Flamingo "
+            "model (it passes the images and the media mask), not its language model directly"
+        )
+    if inputs.bypass is not None and bool(inputs.bypass.all()):
+        return None
+    block: GatedCrossAttentionBlock = getattr(layer, BLOCK_NAME)
+    hidden = args[0] if args else kwargs["hidden_states"]
+    x = hidden.to(block.ff_gate.device)
+    media = inputs.media
+    keys, values = media.keys_values(block_id, block.attn) if media is not None and media.num_images else (None, None)
+    n = media.latents_per_image if media is not None else 0
+    index = inputs.index.to(x.device)
+    if inputs.checkpoint and torch.is_grad_enabled():
+        y = checkpoint(block, x, keys, values, index, n, use_reentrant=False)
+    else:
+        y = block(x, keys, values, index, n)
+    if inputs.bypass is not None and bool(inputs.bypass.any()):
+        y = torch.where(inputs.bypass.to(x.device)[:, None, None], x, y)
+    y = y.to(hidden.device)
+    if args:
+        return (y, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": y}

@@ -1,0 +1,66 @@
+"""Tiny models of every supported LM family, built locally from numbers (no network, no weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
+from mmgpt.model.build import build_model
+from mmgpt.tokens import train_tokenizer
+
+CORPUS = [
+    "a red circle above a blue square",
+    "what color is the circle? the circle is red.",
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Image:\n### Instruction:\nDescribe the image.\n### Response:\nThere are two shapes.",
+] * 4
+
+IMAGE_SIZE = 32
+
+
+def lm_numbers(family: str, vocab_size: int) -> dict:
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
+    return {
+        "llama": dict(model_type="llama", num_key_value_heads=2, **small),
+        "qwen2": dict(model_type="qwen2", num_key_value_heads=2, **small),
+        "mistral": dict(model_type="mistral", num_key_value_heads=2, **small),
+        "gpt_neox": dict(model_type="gpt_neox", **small),
+        "mpt": dict(model_type="mpt", d_model=64, n_heads=4, n_layers=4, expansion_ratio=2, max_seq_len=256),
+    }[family] | {"vocab_size": vocab_size}
+
+
+def tiny_config(family: str = "llama", media_mask: str = "previous", vocab_size: int = 300, **xattn) -> ModelConfig:
+    return ModelConfig(
+        vision=VisionConfig(image_size=IMAGE_SIZE, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64),
+        perceiver=PerceiverConfig(depth=2, heads=2, dim_head=16, num_latents=8),
+        cross_attention=CrossAttentionConfig(every_n_layers=2, heads=2, dim_head=16, media_mask=media_mask, **xattn),
+        lm=LanguageModelConfig(hf_config=lm_numbers(family, vocab_size)),
+    )
+
+
+def make_tokenizer():
+    return train_tokenizer(CORPUS, vocab_size=300)
+
+
+def tiny_model(family: str = "llama", media_mask: str = "previous", *, open_gates: bool = True, seed: int = 0, **xattn):
+    """A tiny Flamingo with random weights; ``open_gates`` sets the tanh gates non-zero so images matter."""
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    model, tokenizer = build_model(tiny_config(family, media_mask, len(tokenizer), **xattn), tokenizer=tokenizer)
+    if open_gates:
+        with torch.no_grad():
+            for block in model.gated_blocks().values():
+                block.attn_gate.fill_(1.0)
+                block.ff_gate.fill_(0.5)
+    return model, tokenizer
+
+
+def random_images(n: int, seed: int = 0) -> torch.Tensor:
+    """[n, 3, H, W] normalised-looking pixels."""
+    return torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama")
