@@ -200,8 +200,11 @@ class Flamingo(nn.Module):
         if padded and self._lm_takes_position_ids:
             positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)
             lm_kwargs["position_ids"] = positions[:, -input_ids.shape[1] :]
+        # When no token of the chunk sees an image (decoding under "following", text-only rows), the attention
+        # output is zero: skip it (and the media projections) instead of computing zeros.
+        attended = media if media is not None and bool((index > 0).any()) else None
         inputs = CrossAttentionInputs(
-            media=media, index=index, bypass=bypass, checkpoint=self.gradient_checkpointing and self.training
+            media=attended, index=index, bypass=bypass, checkpoint=self.gradient_checkpointing and self.training
         )
         with cross_attention_inputs(inputs):
             out = self.lang_encoder(

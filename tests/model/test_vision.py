@@ -1,0 +1,80 @@
+"""The vision encoder loads a HF CLIP directory and returns patch tokens BEFORE the final LayerNorm."""
+
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+from mmgpt.model.vision import VisionEncoder
+
+VISION = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    projection_dim=16,
+)
+
+
+def save_clip(path, hidden_act="quick_gelu"):
+    """A full CLIPModel (text + vision towers), like openai/clip-vit-large-patch14 as downloaded."""
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=100,
+            projection_dim=16,
+            hidden_act=hidden_act,
+        ),
+        vision_config=dict(VISION, hidden_act=hidden_act),
+        projection_dim=16,
+    )
+    model = CLIPModel(config)
+    with torch.no_grad():  # a non-trivial post-layernorm, so "before it" is distinguishable from "after it"
+        model.vision_model.post_layernorm.weight.uniform_(0.5, 2.0)
+        model.vision_model.post_layernorm.bias.uniform_(-1.0, 1.0)
+    model.save_pretrained(path)
+    return model
+
+
+def test_patch_tokens_from_a_clip_directory_drop_cls_and_skip_post_layernorm(tmp_path):
+    clip = save_clip(tmp_path / "clip").eval()
+    encoder = VisionEncoder.from_pretrained(tmp_path / "clip")
+    pixels = torch.randn(3, 3, 32, 32)
+    tokens = encoder(pixels)
+    assert tokens.shape == (3, 16, 32)  # (32 / 8)^2 patches, CLS dropped
+    with torch.no_grad():
+        hidden = clip.vision_model(pixel_values=pixels).last_hidden_state
+        after_ln = clip.vision_model.post_layernorm(hidden)
+    torch.testing.assert_close(tokens, hidden[:, 1:], rtol=0, atol=1e-6)
+    assert (tokens - after_ln[:, 1:]).abs().max() > 0.1
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert not tokens.requires_grad
+
+
+def test_plain_gelu_clip_is_refused(tmp_path):
+    save_clip(tmp_path / "clip", hidden_act="gelu")
+    with pytest.raises(ValueError, match="quick_gelu"):
+        VisionEncoder.from_pretrained(tmp_path / "clip")
+
+
+def test_missing_directory_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="openai/clip-vit-large-patch14"):
+        VisionEncoder.from_pretrained(tmp_path / "nowhere")
+
+
+def test_stays_in_eval_mode_when_the_parent_trains():
+    encoder = VisionEncoder.from_numbers(image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_dim=64)
+    encoder.train()
+    assert not encoder.model.training
+
+
+def test_from_numbers_matches_vision_config():
+    encoder = VisionEncoder.from_numbers(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64)
+    assert isinstance(encoder.model.config, CLIPVisionConfig)
+    assert encoder.model.config.hidden_act == "quick_gelu"
+    assert (encoder.width, encoder.image_size) == (32, 32)
