@@ -1,0 +1,225 @@
+"""DataConfig: what to read, how much of each source, and how to tokenise it. YAML in and out.
+
+The YAML mirrors the dataclasses key for key. Unknown keys are errors that name the closest valid key,
+wrong types are errors that name the key and the value; source ``options`` are checked by the source's
+format (``sources/``). Relative paths are resolved against ``root``: for a YAML file that leaves ``root``
+out, the file's own folder; for a shipped preset, the data root the user passes (``--root``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmgpt.data.images import CLIP_SIZE, DEFAULT_MAX_PIXELS
+from mmgpt.data.tokenize import DEFAULT_MAX_LENGTH
+
+OnError = Literal["raise", "skip"]
+PRESET_FOLDER = ("presets", "data")  # inside the mmgpt package; shipped as package data
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key, the bad value, and the fix."""
+
+
+@dataclass
+class SourceConfig:
+    """One dataset file. ``cap`` keeps a seeded random subset of that many conversations (None: all).
+
+    ``images`` is the folder image paths of the format are relative to (COCO's root for A-OKVQA, the
+    ``image/`` folder for cc_sbu_align...); ``on_error="skip"`` counts malformed rows instead of stopping;
+    ``options`` are the format's own (e.g. A-OKVQA's ``variant``), checked by that format.
+    """
+
+    name: str
+    format: str
+    path: str
+    images: str | None = None
+    cap: int | None = None
+    on_error: OnError = "raise"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cap is not None and self.cap < 0:
+            raise ConfigError(f"source {self.name!r}: cap must be >= 0 or null (all), got {self.cap}")
+
+
+@dataclass
+class DataConfig:
+    """The data of a run. Each training step takes one vision-language batch (``batch_size`` samples) and,
+    on a ``language_ratio`` share of the steps (1.0: every step, the paper), one language-only batch
+    (``language_batch_size`` samples) from an endless, reshuffled language stream."""
+
+    vision_language: list[SourceConfig] = field(default_factory=list)
+    language: list[SourceConfig] = field(default_factory=list)
+    tokenizer: str | None = None
+    root: str | None = None
+    max_length: int = DEFAULT_MAX_LENGTH
+    seed: int = 0
+    language_ratio: float = 1.0
+    batch_size: int = 1
+    language_batch_size: int = 1
+    image_size: int = CLIP_SIZE
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
+        if not 0.0 <= self.language_ratio <= 1.0:
+            raise ConfigError(
+                f"language_ratio must be in [0, 1] (share of steps that also take a language-only batch), "
+                f"got {self.language_ratio}; for more language data raise language_batch_size"
+            )
+        for key in ("batch_size", "language_batch_size", "image_size", "max_image_pixels"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.name in seen:
+                raise ConfigError(f"two sources are named {source.name!r}; names identify sources in reports")
+            seen.add(source.name)
+
+    @property
+    def sources(self) -> list[SourceConfig]:
+        return [*self.vision_language, *self.language]
+
+    def resolve(self, path: str) -> Path:
+        """An absolute path for ``path``: as is when absolute, else under ``root``."""
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute():
+            return candidate
+        if self.root is None:
+            raise ConfigError(
+                f"{path!r} is relative but no data root is set; set 'root:' in the YAML or pass --root DIR"
+            )
+        return Path(self.root).expanduser() / candidate
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _closest(key: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}{_closest(str(value), args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # YAML reads a bare 2017 as an int; a path or name may still be numeric
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types (``where`` prefixes
+    every message, e.g. ``"multimodal-gpt.yaml: vision_language[2]"``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{_closest(str(key), fields)}; valid keys: {', '.join(fields)}"
+            )
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("mmgpt").joinpath(*PRESET_FOLDER)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_data_config(config: str | Path) -> DataConfig:
+    """Load a YAML file, or a shipped preset by name (``multimodal-gpt``); validates source options too."""
+    path = Path(config).expanduser()
+    is_preset = not path.exists() and path.suffix == "" and str(config) in preset_names()
+    if is_preset:
+        text = resources.files("mmgpt").joinpath(*PRESET_FOLDER, f"{config}.yaml").read_text()
+        where = f"preset {config}"
+    elif path.is_file():
+        text = path.read_text()
+        where = str(path)
+    else:
+        names = preset_names()
+        raise ConfigError(
+            f"{config}: no such file and no such preset{_closest(str(config), names)}; presets: {', '.join(names)}"
+        )
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML: {error}") from None
+    cfg: DataConfig = from_dict(DataConfig, data or {}, where)
+    if not is_preset:
+        # Paths in a user's file (data root, tokenizer) are relative to that file unless absolute.
+        cfg.root = str(path.parent.resolve() / Path(cfg.root or ".").expanduser())
+        if cfg.tokenizer is not None:
+            cfg.tokenizer = str(path.parent.resolve() / Path(cfg.tokenizer).expanduser())
+    validate_sources(cfg, where=where)
+    return cfg
+
+
+def validate_sources(cfg: DataConfig, *, where: str = "data config") -> None:
+    """Check every source's format name and options against the format's own option dataclass."""
+    from mmgpt.data.sources import FORMATS  # the registry imports this module: resolve it at call time
+
+    for group in ("vision_language", "language"):
+        for i, source in enumerate(getattr(cfg, group)):
+            at = f"{where}: {group}[{i}] ({source.name})"
+            if source.format not in FORMATS:
+                raise ConfigError(
+                    f"{at}: unknown format {source.format!r}{_closest(source.format, FORMATS)}; "
+                    f"formats: {', '.join(sorted(FORMATS))}"
+                )
+            FORMATS[source.format].parse_options(source.options, where=f"{at}.options")
+
+
+def dump_data_config(cfg: DataConfig) -> str:
+    """YAML text that :func:`load_data_config` reads back to an equal config."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

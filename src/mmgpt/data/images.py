@@ -1,0 +1,177 @@
+"""Images: decode, validate, and the CLIP transform. The only module of the project that touches PIL.
+
+``load_image`` turns a reference (a path or a PIL image) into an RGB image or raises an :class:`ImageError`
+that names the file and the fix: missing, not an image at all (an HTML error page saved as ``.jpg`` is the
+classic), truncated or corrupt, or larger than the pixel budget (a decompression bomb decodes a few KB into
+gigabytes). Palettes, grey levels, 16-bit grey, CMYK and alpha are converted to RGB (alpha is composited
+on white, as a viewer shows it); EXIF orientation is applied so a phone photo is seen upright.
+
+``ImageTransform`` is OpenAI CLIP's preprocessing (reference.md section 2): resize the shorter side to
+``size`` with bicubic resampling, centre crop ``size`` x ``size``, scale to [0, 1], normalise with the CLIP
+mean/std. Written with PIL and torch only (torchvision does not import beside this torch); the arithmetic
+matches torchvision's ``Resize(size, BICUBIC)`` + ``CenterCrop(size)`` on PIL images.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmgpt.data.conversation import ImageRef
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+CLIP_SIZE = 224
+# 64 megapixels: far above any photo in the instruction sets (COCO is ~0.3 MP), far below a bomb.
+DEFAULT_MAX_PIXELS = 64 * 2**20
+
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``path`` names it (``"<in-memory image>"`` for a PIL image)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class MissingImageError(ImageError, FileNotFoundError):
+    """The file does not exist (common for OCR-VQA, whose images users download themselves)."""
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than the budget: refused before decoding, as a decompression bomb would exhaust memory."""
+
+
+class CorruptImageError(ImageError):
+    """Not an image, an unknown format, or a truncated or damaged file."""
+
+
+def _describe(image: ImageRef) -> str:
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else "<in-memory image>"
+
+
+def _check_budget(image: Image.Image, where: str, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            where,
+            f"{width}x{height} = {width * height:,} pixels is over the budget of {max_pixels:,} "
+            "(a possible decompression bomb); shrink the image or raise max_pixels if you trust the file",
+        )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES:
+        # convert("L") would clip 16-bit values at 255 (nearly everything white); scale to 8 bits first.
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+        return image.convert("RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block must not make a good picture unusable
+        return 1
+
+
+def load_image(image: ImageRef, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``image`` to an upright RGB ``PIL.Image`` or raise an :class:`ImageError` subclass.
+
+    An in-memory PIL image is checked and converted the same way; it is never modified (the result may be the
+    same object when nothing needs converting).
+    """
+    where = _describe(image)
+    if isinstance(image, Image.Image):
+        _check_budget(image, where, max_pixels)
+        if _orientation(image) != 1:
+            image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"an image reference is a path or a PIL image, got {type(image).__name__}")
+
+    path = Path(image)
+    if not path.is_file():
+        raise MissingImageError(where, "no such file; check the image root of this source")
+    try:
+        # PIL warns past its own (global) limit at open time; we enforce our budget ourselves just below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(where, f"refused as a decompression bomb ({error})") from None
+    except UnidentifiedImageError:
+        head = path.read_bytes()[:64]
+        hint = " (it looks like text or HTML: a failed download saved under an image name?)"
+        looks_textual = head and all(32 <= b < 127 or b in b"\r\n\t" for b in head)
+        raise CorruptImageError(
+            where, "not an image PIL can identify" + (hint if looks_textual else "") + "; re-download it"
+        ) from None
+    with opened:
+        _check_budget(opened, where, max_pixels)
+        try:
+            opened.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            raise CorruptImageError(where, f"truncated or corrupt ({error}); re-download it") from None
+        if _orientation(opened) != 1:
+            ImageOps.exif_transpose(opened, in_place=True)
+        rgb = _to_rgb(opened)
+        # The returned image must not depend on the file, which closes here.
+        return rgb.copy() if rgb is opened else rgb
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """CLIP preprocessing: image reference -> float tensor [3, size, size] (normalised)."""
+
+    size: int = CLIP_SIZE
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"image size must be positive, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each and std > 0, got {self.mean} and {self.std}")
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """Shorter side to ``size`` (bicubic), then the centre ``size`` x ``size`` square; RGB in and out."""
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.size * long / short)  # torchvision's rounding (truncation), for equal pixels
+        new_size = (self.size, new_long) if width <= height else (new_long, self.size)
+        if new_size != image.size:
+            image = image.resize(new_size, Image.Resampling.BICUBIC)
+        width, height = image.size
+        left = round((width - self.size) / 2.0)
+        top = round((height - self.size) / 2.0)  # Python rounding, as torchvision
+        if (width, height) != (self.size, self.size):
+            image = image.crop((left, top, left + self.size, top + self.size))
+        return image
+
+    def __call__(self, image: ImageRef) -> torch.Tensor:
+        """[3, size, size] float32."""
+        square = self.resize_and_crop(load_image(image, max_pixels=self.max_pixels))
+        pixels = torch.frombuffer(bytearray(square.tobytes()), dtype=torch.uint8)
+        tensor = pixels.view(self.size, self.size, 3).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return tensor.sub_(mean).div_(std)

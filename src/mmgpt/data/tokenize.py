@@ -1,0 +1,229 @@
+"""Rendered segments -> ``input_ids[T]``, ``labels[T]`` and the images their ``<image>`` tokens stand for.
+
+Rules (reference.md sections 4-5):
+
+- one BOS at the start of the sequence (when the tokenizer's own convention adds one), never one per turn;
+- every label is IGNORE_INDEX except the tokens of each response and the EOS that closes it; a trained label
+  equals its input id (labels are NOT shifted here: ``train/loss.py`` shifts them, in one place);
+- each image is exactly one ``<image>`` token, the tokenizer's ``<image>`` id;
+- truncation keeps the first ``max_length`` tokens and the images whose ``<image>`` token survived, so a
+  token is never separated from its image;
+- a sample that cannot train is not returned: :class:`SampleDropped` is raised with a ``reason``
+  (``"fully_masked"`` when truncation leaves no response token - the usual cause of NaN or zero losses -,
+  ``"image_mismatch"`` when the text itself holds a literal ``<image>``). Callers count and skip them.
+
+Each segment is tokenised on its own and the pieces are concatenated: the label boundaries are then exact,
+whatever the tokenizer would merge across them, and ``tokenize_prompt`` - which the chat module uses - yields
+exactly the tokens the model saw in training for the same history.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from mmgpt.data.conversation import Conversation, ImageRef
+from mmgpt.data.templates import Segment, render, render_prompt
+from mmgpt.tokens import IGNORE_INDEX, special_token_ids
+
+DropReason = Literal["fully_masked", "image_mismatch"]
+DEFAULT_MAX_LENGTH = 512  # the paper's maximum tokens per sample
+
+
+class SampleDropped(ValueError):
+    """A conversation that yields no trainable sample; ``reason`` says why (see the module docstring)."""
+
+    def __init__(self, reason: DropReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: DropReason = reason
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    """One sample, ready for ``collate``.
+
+    input_ids[T], labels[T] (IGNORE_INDEX or equal to input_ids), images[m] in ``<image>`` order with
+    m == input_ids.count(image id). ``full_length`` is T before truncation.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    images: list[ImageRef] = field(default_factory=list)
+    truncated: bool = False
+    full_length: int = 0
+    source: str = ""
+    id: str = ""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_trained(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+class ConversationTokenizer:
+    """Tokenises conversations with one tokenizer; build it once (it reads the special ids once).
+
+    ``add_bos=None`` follows the tokenizer: a BOS is prepended when the tokenizer itself prepends one
+    (LLaMA does; GPT-NeoX and MPT tokenizers do not).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        add_bos: bool | None = None,
+    ) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (a prompt token and an answer token), got {max_length}")
+        ids = special_token_ids(tokenizer)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.image_id = ids.image
+        self.eos_id = ids.eos
+        if add_bos is None:
+            probe = tokenizer("a")["input_ids"]
+            add_bos = ids.bos is not None and bool(probe) and probe[0] == ids.bos
+        if add_bos and ids.bos is None:
+            raise ValueError("add_bos=True but the tokenizer has no BOS token")
+        self.prefix: list[int] = [ids.bos] if add_bos and ids.bos is not None else []
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _assemble(
+        self, conversation: Conversation, segments: list[Segment], encoded: Sequence[list[int]], *, train: bool
+    ) -> TokenizedSample:
+        input_ids = list(self.prefix)
+        labels = [IGNORE_INDEX] * len(input_ids)
+        pieces = iter(encoded)
+        for segment in segments:
+            if segment.is_image:
+                input_ids.append(self.image_id)
+                labels.append(IGNORE_INDEX)
+                continue
+            ids = next(pieces)
+            if segment.response:
+                ids = [*ids, self.eos_id]
+            input_ids.extend(ids)
+            labels.extend(ids if segment.response and train else [IGNORE_INDEX] * len(ids))
+
+        images = conversation.images
+        where = f"conversation {conversation.id or '(no id)'}" + (
+            f" of {conversation.source}" if conversation.source else ""
+        )
+        n_tokens = input_ids.count(self.image_id)
+        if n_tokens != len(images):
+            raise SampleDropped(
+                "image_mismatch",
+                f"{where}: {n_tokens} <image> tokens for {len(images)} images; the text itself contains a literal "
+                "'<image>' - remove it from the message text and attach the image to the message instead",
+            )
+        full_length = len(input_ids)
+        truncated = train and full_length > self.max_length
+        if truncated:
+            input_ids = input_ids[: self.max_length]
+            labels = labels[: self.max_length]
+            images = images[: input_ids.count(self.image_id)]
+        if train and all(label == IGNORE_INDEX for label in labels):
+            raise SampleDropped(
+                "fully_masked",
+                f"{where}: no response token left within max_length={self.max_length} "
+                f"(the sample has {full_length} tokens); raise max_length or shorten the prompt",
+            )
+        return TokenizedSample(
+            input_ids=input_ids,
+            labels=labels,
+            images=list(images),
+            truncated=truncated,
+            full_length=full_length,
+            source=conversation.source,
+            id=conversation.id,
+        )
+
+    def __call__(self, conversation: Conversation) -> TokenizedSample:
+        """A training sample; raises :class:`SampleDropped`."""
+        segments = render(conversation)
+        encoded = self._encode([s.text for s in segments if not s.is_image])
+        return self._assemble(conversation, segments, encoded, train=True)
+
+    def many(self, conversations: Sequence[Conversation]) -> list[TokenizedSample | SampleDropped]:
+        """Tokenise a chunk in one tokenizer call (several times faster on large files than one by one).
+
+        Each result is a sample or the :class:`SampleDropped` it would have raised, in input order.
+        """
+        rendered = [render(c) for c in conversations]
+        texts = [s.text for segments in rendered for s in segments if not s.is_image]
+        encoded = self._encode(texts)
+        results: list[TokenizedSample | SampleDropped] = []
+        start = 0
+        for conversation, segments in zip(conversations, rendered, strict=True):
+            n = sum(not s.is_image for s in segments)
+            try:
+                results.append(self._assemble(conversation, segments, encoded[start : start + n], train=True))
+            except SampleDropped as dropped:
+                results.append(dropped)
+            start += n
+        return results
+
+    def prompt(self, conversation: Conversation) -> TokenizedSample:
+        """A generation prompt (history + new user turn, ending with ``### Response:\\n``), untruncated and
+        with every label IGNORE_INDEX. Same tokens as training produced for the same history."""
+        segments = render_prompt(conversation)
+        encoded = self._encode([s.text for s in segments if not s.is_image])
+        return self._assemble(conversation, segments, encoded, train=False)
+
+
+_cache: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[int, int, ConversationTokenizer]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cached(tokenizer: PreTrainedTokenizerBase, max_length: int) -> ConversationTokenizer:
+    # Keyed on the vocabulary size as well, so adding tokens after a first call cannot leave stale ids.
+    hit = _cache.get(tokenizer)
+    if hit is None or hit[0] != len(tokenizer) or hit[1] != max_length:
+        hit = (len(tokenizer), max_length, ConversationTokenizer(tokenizer, max_length=max_length))
+        _cache[tokenizer] = hit
+    return hit[2]
+
+
+def tokenize_conversation(
+    conversation: Conversation, tokenizer: PreTrainedTokenizerBase, max_length: int = DEFAULT_MAX_LENGTH
+) -> TokenizedSample:
+    """A training sample of ``conversation``; raises :class:`SampleDropped` (see the module docstring)."""
+    return _cached(tokenizer, max_length)(conversation)
+
+
+def tokenize_prompt(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) -> TokenizedSample:
+    """The tokens of a generation prompt; see :meth:`ConversationTokenizer.prompt`."""
+    return _cached(tokenizer, DEFAULT_MAX_LENGTH).prompt(conversation)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local folder (``save_pretrained`` output), with the special tokens added."""
+    from transformers import AutoTokenizer
+
+    from mmgpt.tokens import add_special_tokens
+
+    if not Path(path).expanduser().is_dir():
+        # Checked here: from_pretrained would take a missing folder for a Hub id and try the network.
+        raise ValueError(f"{path}: no such tokenizer folder; point 'tokenizer:' at a save_pretrained folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(Path(path).expanduser())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot load a tokenizer from {path!r} ({error}); point 'tokenizer:' at a folder written by "
+            "tokenizer.save_pretrained (e.g. the LLaMA-7B folder)"
+        ) from None
+    add_special_tokens(tokenizer)
+    return tokenizer
