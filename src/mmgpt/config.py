@@ -129,6 +129,27 @@ class LanguageModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA on the language model (with its gated blocks); the defaults are MultiModal-GPT's recipe.
+
+    Targets per decoder layer: the LM's self-attention projections, the gated blocks' ``attn.to_q/to_kv/to_out``
+    and ``ff.1/ff.3``, and, if ``lm_mlp``, the LM's MLP. Module names of the LM come from its model type;
+    ``self_attention_modules`` / ``mlp_modules`` (names inside one decoder layer, e.g. "self_attn.q_proj")
+    override them for other families. The perceiver is never adapted.
+    """
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    self_attention: bool = True
+    cross_attention: bool = True
+    cross_attention_ff: bool = True
+    lm_mlp: bool = False
+    self_attention_modules: list[str] | None = None
+    mlp_modules: list[str] | None = None
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
