@@ -124,3 +124,12 @@ def test_load_tokenizer_adds_the_special_tokens(tokenizer, tokenizer_dir, tmp_pa
     )
     with pytest.raises(ValueError, match="no such tokenizer folder"):
         load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_direct_rust_encoding_equals_the_wrapper(tokenizer):
+    fast = ConversationTokenizer(tokenizer)
+    assert fast._backend is not None  # the tiny tokenizer has no Python-side preprocessing
+    wrapper = ConversationTokenizer(tokenizer)
+    wrapper._backend = None
+    convs = [two_turns(), single_turn("Héllo  wörld\n\n", " spaces ", input="ünïcode\t")]
+    assert fast.many(convs) == wrapper.many(convs)

@@ -176,43 +176,48 @@ def check_data(
 
 
 def print_report(report: CheckReport, console: Console) -> None:
-    """The report as tables, then the problems; wide enough for a terminal of 120 columns."""
+    """The report as three narrow tables (each fits an 80-column terminal), then the problems."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="sources", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("source", "rows", "kept", "skipped", "no image", "tokens p50/p90/p99/max"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    for column in ("truncated", "masked", "mismatch"):
-        table.add_column(column, justify="right")
-    mixture = Table(title="mixture", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("stream", "source", "cap", "used", "share"):
-        mixture.add_column(column, justify="left" if column in ("stream", "source") else "right")
+    def table(title: str, columns: tuple[str, ...]) -> Table:
+        # One wide table would cut numbers short on a narrow terminal; names left, numbers right.
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in columns:
+            t.add_column(column, justify="left" if column in ("stream", "source") else "right")
+        return t
+
+    reading = table("reading", ("source", "rows", "kept", "skipped", "no image", "rows/s"))
+    tokens = table("tokens", ("source", "p50", "p90", "p99", "max", "trunc.", "masked", "mism."))
+    mixture = table("mixture", ("stream", "source", "cap", "used", "share"))
     for group, title in (("vision_language", "vision-language"), ("language", "language-only")):
         reports = report.group(group)
         for r in reports:
             s = r.stats
-            table.add_row(
-                escape(r.source.name),
-                f"{s.rows:,}",
-                f"{s.conversations:,}",
-                f"{sum(s.skipped.values()):,}",
-                f"{s.missing_images:,}",
-                "/".join(f"{r.percentile(q):,}" for q in PERCENTILES) + f"/{max(r.lengths, default=0):,}",
+            name = escape(r.source.name)
+            rate = f"{s.rows / r.seconds:,.0f}" if r.seconds > 0 else "-"
+            skipped = f"{sum(s.skipped.values()):,}"
+            reading.add_row(name, f"{s.rows:,}", f"{s.conversations:,}", skipped, f"{s.missing_images:,}", rate)
+            tokens.add_row(
+                name,
+                *(f"{r.percentile(q):,}" for q in PERCENTILES),
+                f"{max(r.lengths, default=0):,}",
                 f"{r.truncated:,}",
                 f"{r.dropped.get('fully_masked', 0):,}",
                 f"{r.dropped.get('image_mismatch', 0):,}",
             )
             cap = "all" if r.source.cap is None else f"{r.source.cap:,}"
-            mixture.add_row(title, escape(r.source.name), cap, f"{r.used:,}", f"{100 * r.share:.1f}%")
+            mixture.add_row(title, name, cap, f"{r.used:,}", f"{100 * r.share:.1f}%")
         if reports and group == "vision_language":
-            table.add_section()
-            mixture.add_section()
-    console.print(table)
+            for t in (reading, tokens, mixture):
+                t.add_section()
+    console.print(reading)
+    console.print("kept: conversations read (a row may hold several); no image: rows skipped for it", style="dim")
+    console.print(tokens)
     console.print(
-        f"kept: conversations read; tokens: before truncation to {report.max_length}; masked: dropped, no response "
-        "token left after truncation; mismatch: dropped, <image> tokens != images",
+        f"token lengths before truncation to {report.max_length}; masked: dropped, no response token left after "
+        "truncation; mism.: dropped, <image> tokens != images",
         style="dim",
     )
     console.print(mixture)

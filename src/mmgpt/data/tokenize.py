@@ -28,8 +28,8 @@ from typing import Literal
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.conversation import Conversation, ImageRef
-from mmgpt.data.templates import Segment, render, render_prompt
-from mmgpt.tokens import IGNORE_INDEX, special_token_ids
+from mmgpt.data.templates import HEADER, Segment, render, render_prompt
+from mmgpt.tokens import IGNORE_INDEX, IMAGE, special_token_ids
 
 DropReason = Literal["fully_masked", "image_mismatch"]
 DEFAULT_MAX_LENGTH = 512  # the paper's maximum tokens per sample
@@ -94,10 +94,28 @@ class ConversationTokenizer:
         if add_bos and ids.bos is None:
             raise ValueError("add_bos=True but the tokenizer has no BOS token")
         self.prefix: list[int] = [ids.bos] if add_bos and ids.bos is not None else []
+        self._backend = self._equivalent_backend(tokenizer)
+
+    @staticmethod
+    def _equivalent_backend(tokenizer: PreTrainedTokenizerBase):  # -> tokenizers.Tokenizer | None
+        """The Rust tokenizer behind a fast tokenizer, if it encodes exactly as the Python wrapper does.
+
+        Calling it directly skips the wrapper's per-text bookkeeping (offsets, masks): a third less time on
+        large files. A wrapper that preprocesses text itself gives different ids on the probe and is kept.
+        """
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None or not hasattr(backend, "encode_batch_fast"):
+            return None
+        probe = [HEADER + "\n\n### Instruction:\n", " Héllo  wörld\n", f"x{IMAGE}\n y", ""]
+        wrapper = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        direct = [e.ids for e in backend.encode_batch_fast(probe, add_special_tokens=False)]
+        return backend if direct == wrapper else None
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
+        if self._backend is not None:
+            return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _assemble(
@@ -134,7 +152,7 @@ class ConversationTokenizer:
             input_ids = input_ids[: self.max_length]
             labels = labels[: self.max_length]
             images = images[: input_ids.count(self.image_id)]
-        if train and all(label == IGNORE_INDEX for label in labels):
+        if train and labels.count(IGNORE_INDEX) == len(labels):
             raise SampleDropped(
                 "fully_masked",
                 f"{where}: no response token left within max_length={self.max_length} "
