@@ -104,7 +104,7 @@ def test_print_report_lists_skips_and_shares(config_path, tokenizer):
     console = Console(width=200, record=True)
     print_report(check_data(load_data_config(config_path), tokenizer), console)
     text = console.export_text()
-    assert "tokens p50/p90/p99/max" in text and "truncation to 512" in text
+    assert " p50   p90   p99   max   trunc.   masked   mism." in text and "truncation to 512" in text
     assert "ocr_vqa: skipped 1 rows: not in split 'train' (e.g. key '000000003')" in text
     assert "42.9%" in text and "data check passed" in text
 
