@@ -22,46 +22,71 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it and the fix."""
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a plain dict, recursing into nested dataclasses; strict about keys."""
+def closest(key: str, valid: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid name, or an empty string."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclasses, refusing unknown keys and
+    wrong types (``where`` prefixes every message, e.g. ``"multimodal-gpt.yaml: vision_language[2]"``)."""
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__} {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
-        kwargs[key] = _coerce(hints[key], value, where=f"{where}.{key}")
-    return cls(**kwargs)
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{closest(str(key), fields)}; valid keys: {', '.join(fields)}"
+            )
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
-def _coerce(tp: Any, value: Any, *, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return value if isinstance(value, tp) else from_dict(tp, value, where=where)
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where=where) if len(inner) == 1 else value
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
     if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}{closest(str(value), map(str, args))}")
         return value
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        (item,) = typing.get_args(tp)[:1] or (Any,)
-        items = [_coerce(item, v, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        items = [_convert(item, args[0] if args else Any, f"{where}[{i}]") for i, item in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_dict(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # YAML reads a bare 2017 as an int; a path or name may still be numeric
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 

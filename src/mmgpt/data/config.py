@@ -9,9 +9,6 @@ out, the file's own folder; for a shipped preset, the data root the user passes 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,15 +16,12 @@ from typing import Any, Literal
 
 import yaml
 
+from mmgpt.config import ConfigError, closest, from_dict
 from mmgpt.data.images import CLIP_SIZE, DEFAULT_MAX_PIXELS
 from mmgpt.data.tokenize import DEFAULT_MAX_LENGTH
 
 OnError = Literal["raise", "skip"]
 PRESET_FOLDER = ("presets", "data")  # inside the mmgpt package; shipped as package data
-
-
-class ConfigError(ValueError):
-    """A configuration mistake; the message names the key, the bad value, and the fix."""
 
 
 @dataclass
@@ -106,71 +100,6 @@ class DataConfig:
         return dataclasses.asdict(self)
 
 
-def _closest(key: str, valid: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}{_closest(str(value), args)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_convert(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # YAML reads a bare 2017 as an int; a path or name may still be numeric
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types (``where`` prefixes
-    every message, e.g. ``"multimodal-gpt.yaml: vision_language[2]"``)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}{_closest(str(key), fields)}; valid keys: {', '.join(fields)}"
-            )
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None
-
-
 def preset_names() -> list[str]:
     folder = resources.files("mmgpt").joinpath(*PRESET_FOLDER)
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
@@ -189,7 +118,7 @@ def load_data_config(config: str | Path) -> DataConfig:
     else:
         names = preset_names()
         raise ConfigError(
-            f"{config}: no such file and no such preset{_closest(str(config), names)}; presets: {', '.join(names)}"
+            f"{config}: no such file and no such preset{closest(str(config), names)}; presets: {', '.join(names)}"
         )
     try:
         data = yaml.safe_load(text)
@@ -214,7 +143,7 @@ def validate_sources(cfg: DataConfig, *, where: str = "data config") -> None:
             at = f"{where}: {group}[{i}] ({source.name})"
             if source.format not in FORMATS:
                 raise ConfigError(
-                    f"{at}: unknown format {source.format!r}{_closest(source.format, FORMATS)}; "
+                    f"{at}: unknown format {source.format!r}{closest(source.format, FORMATS)}; "
                     f"formats: {', '.join(sorted(FORMATS))}"
                 )
             FORMATS[source.format].parse_options(source.options, where=f"{at}.options")
