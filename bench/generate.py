@@ -35,11 +35,11 @@ from mmgpt.tokens import SpecialTokenIds
 VOCAB = 32000
 
 
-def build(media_mask: str):
+def build(media_mask: str, every_n: int = 4):
     cfg = ModelConfig(
         vision=VisionConfig(image_size=224, patch_size=14, width=1024, layers=1, heads=16, mlp_dim=4096),
         perceiver=PerceiverConfig(depth=2, num_latents=64),
-        cross_attention=CrossAttentionConfig(every_n_layers=4, media_mask=media_mask),
+        cross_attention=CrossAttentionConfig(every_n_layers=every_n, media_mask=media_mask),
         lm=LanguageModelConfig(
             hf_config=dict(
                 model_type="llama",
@@ -116,9 +116,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--every-n", type=int, default=4, help="a gated block every n layers (9B v1: 4, 3B: 1)")
     args = parser.parse_args()
     n = args.new_tokens
-    models = {mask: build(mask) for mask in ("previous", "following")}
+    models = {mask: build(mask, args.every_n) for mask in ("previous", "following")}
     _, bare, special = models["previous"]
     lm_params = sum(p.numel() for p in bare.parameters())
     block_params = sum(p.numel() for b in models["previous"][0].gated_blocks().values() for p in b.parameters())
@@ -162,7 +163,8 @@ def main() -> None:
 
     print(
         f"decode {n} tokens, median of {args.repeats}; LM {lm_params / 1e6:.1f}M params, gated blocks "
-        f"{block_params / 1e6:.1f}M (every 4 layers), 64 latents x 1024 per image, {torch.get_num_threads()} threads"
+        f"{block_params / 1e6:.1f}M (every {args.every_n} layers), 64 latents x 1024 per image, "
+        f"{torch.get_num_threads()} threads"
     )
     print(f"{'variant':<28}{'tokens/s':>10}{'vs text-only':>14}")
     for name, value in tps.items():
@@ -181,6 +183,7 @@ def main() -> None:
                 "repeats": args.repeats,
                 "lm_params": lm_params,
                 "gated_block_params": block_params,
+                "every_n_layers": args.every_n,
                 "tokens_per_s": {k: round(v, 2) for k, v in tps.items()},
                 "ratios": {k: round(v, 3) for k, v in ratios.items()},
                 "generate_e2e_4img_s": round(generate_s, 3),

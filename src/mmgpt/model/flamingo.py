@@ -220,8 +220,8 @@ class Flamingo(nn.Module):
         return FlamingoOutput(out.logits, new_cache)
 
     def _check_image_tokens(self, seen: torch.Tensor, counts: torch.Tensor, *, complete: bool) -> None:
-        too_many = seen > counts
-        mismatch = too_many | (seen != counts) if complete else too_many
+        # A new sequence must use every image; a continuation may not have reached the later ones yet.
+        mismatch = (seen != counts) if complete else (seen > counts)
         if bool(mismatch.any()):
             row = int(mismatch.nonzero()[0, 0])
             raise ValueError(
