@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-from mmgpt.config import ConfigError, LanguageModelConfig, LoraConfig, ModelConfig, from_dict
+from mmgpt.config import ConfigError, LoraConfig, from_dict
 from mmgpt.lora import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -18,9 +18,8 @@ from mmgpt.lora import (
     save_adapter,
     trainable_parameter_table,
 )
-from mmgpt.model.build import build_flamingo, build_language_model, build_model, build_vision_encoder
-from mmgpt.tokens import SpecialTokenIds
-from tests.model.conftest import make_tokenizer, random_images, tiny_config, tiny_model
+from mmgpt.model.build import build_model
+from tests.model.conftest import make_tokenizer, openflamingo_9b_v1_on_meta, random_images, tiny_config, tiny_model
 
 SMALL = LoraConfig(r=4, alpha=8)
 
@@ -120,26 +119,7 @@ def test_gradients_reach_only_the_adapters():
 
 
 def test_openflamingo_9b_v1_with_the_paper_lora_has_23_461_888_trainable_parameters_on_meta():
-    cfg = ModelConfig(
-        lm=LanguageModelConfig(
-            hf_config=dict(
-                model_type="llama",
-                hidden_size=4096,
-                intermediate_size=11008,
-                num_hidden_layers=32,
-                num_attention_heads=32,
-                vocab_size=32000,
-            )
-        )
-    )
-    with torch.device("meta"):
-        model = build_flamingo(
-            cfg=cfg,
-            vision_encoder=build_vision_encoder(cfg.vision),
-            lang_encoder=build_language_model(cfg),
-            special=SpecialTokenIds(image=32001, end_of_chunk=32000, pad=32002, eos=2, bos=1),
-            vocab_size=32003,
-        )
+    model = openflamingo_9b_v1_on_meta()
     apply_lora(model, LoraConfig())
     assert trainable_parameter_table(model) == {
         "self_attention": 16_777_216,

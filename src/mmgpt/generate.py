@@ -224,6 +224,30 @@ def _suppressed(model: Flamingo, stop_ids: set[int]) -> list[int]:
     return [t for t in {model.special.image, model.special.pad} if t not in stop_ids]
 
 
+def _decode_prompts(
+    model: Flamingo,
+    prompts: Sequence[Sequence[int]],
+    images: Sequence[torch.Tensor | None],
+    config: GenerationConfig,
+    stop_ids: set[int],
+    should_stop: Callable[[int, list[int]], bool] | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`decode_tokens` for token-list prompts with per-row images (left padding, image stacking)."""
+    input_ids, attention_mask = pad_left(prompts, model.special.pad)
+    pixels, counts = stack_images(images)
+    return decode_tokens(
+        model,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        images=pixels,
+        image_counts=counts,
+        config=config,
+        stop_ids=stop_ids,
+        suppress_ids=_suppressed(model, stop_ids),
+        should_stop=should_stop,
+    )
+
+
 def generate(
     model: Flamingo,
     tokenizer: PreTrainedTokenizerBase,
@@ -240,8 +264,6 @@ def generate(
     images = [None] * len(prompts) if images is None else list(images)
     if len(images) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but images for {len(images)} rows")
-    input_ids, attention_mask = pad_left(prompts, model.special.pad)
-    pixels, counts = stack_images(images)
     stop_ids = _stop_ids(tokenizer, config)
     texts = [_RowText(tokenizer, config.stop_strings) for _ in range(len(prompts) * config.num_return_sequences)]
 
@@ -251,17 +273,8 @@ def generate(
 
     results: list[list[int]] = [[] for _ in texts]
     finish: list[FinishReason] = ["length"] * len(texts)
-    for tokens, _ in decode_tokens(
-        model,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        images=pixels,
-        image_counts=counts,
-        config=config,
-        stop_ids=stop_ids,
-        suppress_ids=_suppressed(model, stop_ids),
-        should_stop=hit_stop_string if config.stop_strings else None,
-    ):
+    should_stop = hit_stop_string if config.stop_strings else None
+    for tokens, _ in _decode_prompts(model, prompts, images, config, stop_ids, should_stop):
         for row, token in enumerate(tokens.tolist()):
             if token < 0:
                 continue
@@ -290,23 +303,12 @@ def stream(
     config = config or GenerationConfig()
     if config.num_return_sequences != 1:
         raise ValueError("stream() produces one sequence; use generate() for num_return_sequences > 1")
-    input_ids, attention_mask = pad_left([prompt], model.special.pad)
-    pixels, counts = stack_images([images])
     stop_ids = _stop_ids(tokenizer, config)
     text = _RowText(tokenizer, config.stop_strings)
     tokens: list[int] = []
     shown = ""
-    for step, _ in decode_tokens(
-        model,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        images=pixels,
-        image_counts=counts,
-        config=config,
-        stop_ids=stop_ids,
-        suppress_ids=_suppressed(model, stop_ids),
-        should_stop=(lambda _row, ids: (text.update(ids), text.stopped)[1]) if config.stop_strings else None,
-    ):
+    should_stop = (lambda _row, ids: (text.update(ids), text.stopped)[1]) if config.stop_strings else None
+    for step, _ in _decode_prompts(model, [prompt], [images], config, stop_ids, should_stop):
         token = int(step[0])
         if token >= 0 and token not in stop_ids:
             tokens.append(token)

@@ -61,6 +61,31 @@ def random_images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
 
 
+def openflamingo_9b_v1_on_meta():
+    """The OpenFlamingo-9B v1 architecture (LLaMA-7B, CLIP ViT-L/14, a block every 4 layers), no memory."""
+    from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
+    from mmgpt.tokens import SpecialTokenIds
+
+    llama_7b = dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=32000,
+    )
+    cfg = ModelConfig(lm=LanguageModelConfig(hf_config=llama_7b))
+    cfg.cross_attention.every_n_layers = 4
+    with torch.device("meta"):
+        return build_flamingo(
+            cfg=cfg,
+            vision_encoder=build_vision_encoder(cfg.vision),
+            lang_encoder=build_language_model(cfg),
+            special=SpecialTokenIds(image=32001, end_of_chunk=32000, pad=32002, eos=2, bos=1),
+            vocab_size=32003,
+        )
+
+
 @pytest.fixture(scope="module")
 def llama():
     return tiny_model("llama")

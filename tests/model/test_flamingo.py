@@ -4,7 +4,6 @@ import threading
 import pytest
 import torch
 
-from mmgpt.config import LanguageModelConfig, ModelConfig
 from mmgpt.model.build import (
     build_flamingo,
     build_language_model,
@@ -13,8 +12,8 @@ from mmgpt.model.build import (
 )
 from mmgpt.model.checkpoints import load_pretrained, save_pretrained
 from mmgpt.model.fusion import decoder_layers
-from mmgpt.tokens import SpecialTokenIds, add_special_tokens
-from tests.model.conftest import make_tokenizer, random_images, tiny_config, tiny_model
+from mmgpt.tokens import add_special_tokens
+from tests.model.conftest import make_tokenizer, openflamingo_9b_v1_on_meta, random_images, tiny_config, tiny_model
 
 FAMILIES = ["llama", "gpt_neox", "mpt", "qwen2"]
 
@@ -131,27 +130,7 @@ def test_two_threads_on_one_model_equal_sequential_runs():
 
 
 def test_openflamingo_9b_v1_parameter_counts_on_meta():
-    cfg = ModelConfig(
-        lm=LanguageModelConfig(
-            hf_config=dict(
-                model_type="llama",
-                hidden_size=4096,
-                intermediate_size=11008,
-                num_hidden_layers=32,
-                num_attention_heads=32,
-                vocab_size=32000,
-            )
-        )
-    )
-    cfg.cross_attention.every_n_layers = 4
-    with torch.device("meta"):
-        model = build_flamingo(
-            cfg=cfg,
-            vision_encoder=build_vision_encoder(cfg.vision),
-            lang_encoder=build_language_model(cfg),
-            special=SpecialTokenIds(image=32001, end_of_chunk=32000, pad=32002, eos=2, bos=1),
-            vocab_size=32003,
-        )
+    model = openflamingo_9b_v1_on_meta()
     assert model.block_layers == [3, 7, 11, 15, 19, 23, 27, 31]
     assert sum(p.numel() for p in model.perceiver.parameters()) == 63_019_008
     assert {sum(p.numel() for p in b.parameters()) for b in model.gated_blocks().values()} == {139_476_994}
