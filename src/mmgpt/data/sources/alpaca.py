@@ -4,16 +4,13 @@
 
 from __future__ import annotations
 
-from mmgpt.data.conversation import Conversation, single_turn
-from mmgpt.data.sources.base import NoOptions, RowContext, SourceFormat, text_field
+from mmgpt.data.conversation import Conversation
+from mmgpt.data.sources.base import NoOptions, RowContext, SourceFormat, instruction_sample
 from mmgpt.data.sources.jsonio import Row
 
 
 def convert(row: Row, options: NoOptions, ctx: RowContext) -> list[Conversation]:
-    instruction = text_field(row.value, "instruction").strip()
-    extra = text_field(row.value, "input", allow_empty=True).strip() if "input" in row.value else ""
-    output = text_field(row.value, "output").strip()
-    return [single_turn(instruction, output, input=extra or None, source=ctx.source, id=str(row.index))]
+    return [instruction_sample(row, ctx, instruction="instruction", input="input", output="output")]
 
 
 FORMAT = SourceFormat(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from mmgpt.data.config import from_dict
-from mmgpt.data.conversation import Conversation
+from mmgpt.data.conversation import Conversation, single_turn
 from mmgpt.data.sources.jsonio import JsonFiles, Row
 
 Options = TypeVar("Options")
@@ -140,3 +140,16 @@ class RowFiltered(Exception):
 @dataclass(frozen=True)
 class NoOptions:
     """For formats without options."""
+
+
+def instruction_sample(row: Row, ctx: RowContext, *, instruction: str, input: str, output: str) -> Conversation:
+    """A language-only instruction row (Alpaca, Dolly): a non-empty ``input`` field is the ``### Input:`` section."""
+    value = row.value
+    extra = text_field(value, input, allow_empty=True).strip() if input in value else ""
+    return single_turn(
+        text_field(value, instruction).strip(),
+        text_field(value, output).strip(),
+        input=extra or None,
+        source=ctx.source,
+        id=str(row.index),
+    )
