@@ -1,59 +1,32 @@
-"""`mmgpt <verb>`: one thin function per verb; the work lives in the library."""
+"""`mmgpt <verb>`: each verb is a module of `mmgpt.commands`; the work lives in the library."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from mmgpt.demo import run_demo
-
-    return run_demo(seed=args.seed)
+import mmgpt.commands
 
 
-def cmd_data_check(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from rich.console import Console
-
-    from mmgpt.data.check import check_with_progress, print_report
-    from mmgpt.data.config import load_data_config
-    from mmgpt.data.tokenize import load_tokenizer
-
-    console = Console()
-    try:
-        cfg = load_data_config(args.config)
-        cfg = replace(cfg, root=args.root or cfg.root, tokenizer=args.tokenizer or cfg.tokenizer)
-        if cfg.tokenizer is None:
-            raise ValueError("no tokenizer: set 'tokenizer:' in the config or pass --tokenizer DIR")
-        tokenizer = load_tokenizer(cfg.tokenizer)
-    except ValueError as error:
-        console.print(f"error: {error}", markup=False, highlight=False)
-        return 2
-    report = check_with_progress(cfg, tokenizer, console=console, decode_images=args.decode_images)
-    print_report(report, console)
-    return 0 if report.ok else 1
+def verb_modules() -> dict[str, object]:
+    """Every module of `mmgpt.commands`, by verb (the module name; a trailing underscore is dropped)."""
+    found = pkgutil.iter_modules(mmgpt.commands.__path__)
+    return {
+        info.name.rstrip("_"): importlib.import_module(f"mmgpt.commands.{info.name}")
+        for info in sorted(found, key=lambda info: info.name)
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmgpt", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    demo = verbs.add_parser("demo", help="run the main job on the embedded default")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=cmd_demo)
-
-    data = verbs.add_parser("data", help="inspect training data").add_subparsers(
-        dest="data_verb", required=True, metavar="DATA_VERB"
-    )
-    check = data.add_parser("check", help="stream every source of a data config and report what training gets")
-    check.add_argument("config", help="a data config YAML, or a preset name (multimodal-gpt)")
-    check.add_argument("--root", help="data root that relative paths are resolved against")
-    check.add_argument("--tokenizer", help="tokenizer folder (overrides 'tokenizer:' of the config)")
-    check.add_argument("--decode-images", action="store_true", help="also decode every image once (slow)")
-    check.set_defaults(func=cmd_data_check)
-
+    for verb, module in verb_modules().items():
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        sub = verbs.add_parser(verb, help=summary, description=module.__doc__)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run)
     return parser
 
 
