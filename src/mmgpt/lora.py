@@ -14,6 +14,7 @@ Adapter directories are peft's format (``adapter_config.json`` + ``adapter_model
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,27 +175,36 @@ def save_adapter(model: Flamingo, path: str | Path) -> Path:
     return path
 
 
-def load_adapter(model: Flamingo, path: str | Path) -> Flamingo:
-    """Inject the adapter of a peft adapter directory into the LM and load its weights (strict, shape-checked)."""
+def read_adapter(path: str | Path) -> tuple[PeftLoraConfig, dict[str, torch.Tensor]]:
+    """A peft adapter directory -> (its LoRA config, its weights keyed inside the LM, without peft's prefix)."""
     path = Path(path)
     for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a peft adapter directory: {name} is missing")
     config = PeftLoraConfig.from_pretrained(str(path))
-    _inject(model, config)
     state = {}
     for key, value in load_file(str(path / ADAPTER_WEIGHTS_FILE)).items():
         if not key.startswith(PEFT_PREFIX):
             raise ValueError(f"{path / ADAPTER_WEIGHTS_FILE}: key {key!r} does not start with {PEFT_PREFIX!r}")
         state[key[len(PEFT_PREFIX) :]] = value
-    set_lora_state(model, state, source=str(path / ADAPTER_WEIGHTS_FILE))
+    return config, state
+
+
+def load_adapter(model: Flamingo, path: str | Path) -> Flamingo:
+    """Inject the adapter of a peft adapter directory into the LM and load its weights (strict, shape-checked)."""
+    config, state = read_adapter(path)
+    _inject(model, config)
+    set_lora_state(model, state, source=str(Path(path) / ADAPTER_WEIGHTS_FILE))
     return model
 
 
-def set_lora_state(model: Flamingo, state: dict[str, torch.Tensor], *, source: str) -> None:
+def set_lora_state(
+    model: Flamingo, state: dict[str, torch.Tensor], *, source: str, adapter_name: str = ADAPTER
+) -> None:
     """Load LoRA weights keyed like peft's saved state (``model.layers.0.self_attn.q_proj.lora_A.weight``, inside
     the LM, no adapter name) into the injected adapter; missing or unexpected keys and wrong shapes are errors."""
-    expected = {k: v.shape for k, v in get_peft_model_state_dict(model.lang_encoder, adapter_name=ADAPTER).items()}
+    lm = model.lang_encoder
+    expected = {k: v.shape for k, v in get_peft_model_state_dict(lm, adapter_name=adapter_name).items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -208,7 +218,7 @@ def set_lora_state(model: Flamingo, state: dict[str, torch.Tensor], *, source: s
     ]
     if wrong:
         raise ValueError(f"{source}: LoRA shapes differ from the model's (rank or widths): {wrong[:8]}")
-    result = set_peft_model_state_dict(model.lang_encoder, state, adapter_name=ADAPTER)
+    result = set_peft_model_state_dict(lm, state, adapter_name=adapter_name)
     assert not result.unexpected_keys, result.unexpected_keys
 
 
@@ -226,3 +236,59 @@ def merge_lora(model: Flamingo) -> Flamingo:
             delattr(lm, attr)
     model.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several named adapters over one shared base (serving). peft keeps every adapter's A/B matrices side by side in
+# each LoraLayer and applies only the active ones, so switching is setting a name on each layer - no weights move.
+# The active adapter is state on the model's layers: callers that share a model across threads must select and
+# run under one lock (mmgpt.chat.ChatModel does).
+
+
+def load_named_adapter(model: Flamingo, path: str | Path, name: str) -> Flamingo:
+    """Add the adapter of a peft adapter directory under ``name`` beside any already loaded, and leave the model's
+    active adapter as it was. ``name`` must be new and must not be ``"default"`` (the model's own adapter)."""
+    if name == ADAPTER or not name or name in adapter_names(model):
+        raise ValueError(
+            f"adapter name {name!r} is empty, reserved or already loaded (loaded: {adapter_names(model)}); "
+            "give each adapter its own name"
+        )
+    config, state = read_adapter(path)
+    active = active_adapter(model)
+    with warnings.catch_warnings():  # peft warns that a second adapter joins the first: that is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+        inject_adapter_in_model(config, model.lang_encoder, adapter_name=name)
+    set_lora_state(model, state, source=str(Path(path) / ADAPTER_WEIGHTS_FILE), adapter_name=name)
+    model.requires_grad_(False)
+    select_adapter(model, active)
+    return model
+
+
+def lora_layers(model: Flamingo) -> list[LoraLayer]:
+    return [m for m in model.lang_encoder.modules() if isinstance(m, LoraLayer)]
+
+
+def adapter_names(model: Flamingo) -> list[str]:
+    """Every adapter loaded into the model's LoRA layers, sorted (``"default"`` is the model's own, if any)."""
+    return sorted({name for layer in lora_layers(model) for name in layer.lora_A})
+
+
+def active_adapter(model: Flamingo) -> str | None:
+    """The named adapter the LoRA layers apply now; None when they apply the model's own (or none)."""
+    active = {tuple(layer.active_adapters) for layer in lora_layers(model)}
+    names = {name for names in active for name in names}
+    return next(iter(names)) if len(names) == 1 and ADAPTER not in names else None
+
+
+def select_adapter(model: Flamingo, name: str | None, layers: list[LoraLayer] | None = None) -> None:
+    """Make ``name`` the one adapter the LoRA layers apply; None selects the model's own ``"default"`` adapter
+    when it has one (a MultiModal-GPT LoRA loaded unmerged), else the bare base. ``layers``: the model's
+    :func:`lora_layers`, when the caller switches often and keeps the list."""
+    layers = lora_layers(model) if layers is None else layers
+    if name is not None and name not in {n for layer in layers for n in layer.lora_A}:
+        raise ValueError(f"no adapter named {name!r}; loaded: {adapter_names(model)}")
+    base = [ADAPTER] if any(ADAPTER in layer.lora_A for layer in layers) else []
+    wanted = base if name is None else [name]
+    for layer in layers:
+        # inference_mode keeps every adapter frozen; a layer the adapter does not target just skips it.
+        layer.set_adapter(wanted, inference_mode=True)
