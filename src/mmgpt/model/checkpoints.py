@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mmgpt.config import LoraConfig, ModelConfig, VisionConfig, load_yaml, save_yaml
@@ -27,7 +26,7 @@ from mmgpt.lora import apply_lora, has_lora, set_lora_state
 from mmgpt.model.build import build_model
 from mmgpt.model.flamingo import Flamingo
 from mmgpt.model.fusion import BLOCK_NAME
-from mmgpt.model.torch_files import read_torch_file
+from mmgpt.model.torch_files import read_safetensors_into, read_torch_file, safetensors_header, write_safetensors
 
 CONFIG_FILE = "mmgpt.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,54 +58,91 @@ def describe(model: Flamingo) -> ModelConfig:
 
 
 def save_pretrained(model: Flamingo, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    """Write ``model`` as one self-contained directory (see the module docstring); LoRA must be merged first."""
+    if has_lora(model):
+        raise ValueError(
+            "the model has unmerged LoRA adapters; fold them in with mmgpt.lora.merge_lora(model) first (or save "
+            "the adapter on its own with mmgpt.lora.save_adapter)"
+        )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_yaml(describe(model), path / CONFIG_FILE)
     tokenizer.save_pretrained(path / TOKENIZER_DIR)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
     # Tied LMs share embedding storage; safetensors refuses shared tensors, and loading re-ties them.
-    seen: dict[int, str] = {}
+    seen: set[int] = set()
     for key in list(state):
         ptr = state[key].data_ptr()
         if ptr in seen:
             del state[key]
         else:
-            seen[ptr] = key
-    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "mmgpt"})
+            seen.add(ptr)
+    write_safetensors(state, path / WEIGHTS_FILE, metadata={"format": "mmgpt"})
     return path
 
 
 def load_pretrained(
-    path: str | Path, *, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: str | None = None,
+    device: str | torch.device = "cpu",
+    device_map: str | dict | None = None,
 ) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+    """Load a directory written by :func:`save_pretrained`.
+
+    The model is allocated without initialising it (directly in ``dtype``, default the saved one, on ``device``)
+    and every weight is read from ``model.safetensors`` one tensor at a time, so memory holds one copy of the model
+    plus one tensor. ``device_map`` (multi-GPU, needs accelerate): loaded on the CPU, then dispatched.
+    """
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"{path} is not an mmgpt model directory (no {CONFIG_FILE}); save one with "
-            "mmgpt.model.checkpoints.save_pretrained"
+            "mmgpt.model.checkpoints.save_pretrained or `mmgpt export`"
         )
     cfg = load_yaml(ModelConfig, path / CONFIG_FILE)
+    if dtype is not None:
+        cfg = dataclasses.replace(cfg, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
-    model, tokenizer = build_model(cfg, tokenizer=tokenizer)
-    state = load_file(str(path / WEIGHTS_FILE))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {k for k in missing if _is_tied_copy(model, k, state)}
-    missing = [k for k in missing if k not in tied]
+    build_device = "cpu" if device_map is not None else device
+    model, tokenizer = build_model(cfg, tokenizer=tokenizer, device=build_device, init_weights=False)
+    load_weights(model, path / WEIGHTS_FILE)
+    if device_map is not None:
+        dispatch(model, device_map)
+    return model.eval(), tokenizer
+
+
+def load_weights(model: Flamingo, file: str | Path) -> None:
+    """Fill every parameter and persistent buffer of ``model`` from our safetensors file; strict, shape-checked."""
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"{file} does not exist; an mmgpt model directory holds its weights there")
+    targets = model.state_dict(keep_vars=True)
+    header, _ = safetensors_header(file)
+    stored = {id(targets[k]) for k in header if k in targets}
+    # A key absent from the file is fine only if it is the same tensor as a stored one (a tied lm_head).
+    missing = sorted(k for k in targets if k not in header and id(targets[k]) not in stored)
+    unexpected = sorted(k for k in header if k not in targets)
     if missing or unexpected:
         raise ValueError(
-            f"{path / WEIGHTS_FILE} does not match the model of {CONFIG_FILE}: missing keys "
-            f"{missing[:10]}, unexpected keys {unexpected[:10]}"
+            f"{file} does not match the model of {CONFIG_FILE}: {len(missing)} missing keys {missing[:10]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:10]}"
         )
-    return model.to(device).eval(), tokenizer
+    read_safetensors_into(file, targets, keys=list(header))
 
 
-def _is_tied_copy(model: Flamingo, key: str, state: dict[str, torch.Tensor]) -> bool:
-    """True when ``key`` shares storage with a saved parameter (e.g. a tied lm_head)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    target = params.get(key)
-    if target is None:
-        return False
-    return any(p is target for k, p in params.items() if k != key and k in state)
+def dispatch(model: Flamingo, device_map: str | dict) -> None:
+    """Spread the LM over GPUs with accelerate; gated blocks follow their layers, ViT and perceiver the embeddings."""
+    try:
+        from accelerate import dispatch_model, infer_auto_device_map
+    except ImportError:
+        raise ImportError("device_map needs accelerate: pip install accelerate") from None
+    lm = model.lang_encoder
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(lm, no_split_module_classes=lm._no_split_modules or [])
+    dispatch_model(lm, device_map=device_map)
+    first = next(lm.get_input_embeddings().parameters()).device
+    model.vision_encoder.to(first)
+    model.perceiver.to(first)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,8 +225,9 @@ def load_openflamingo_checkpoint(model: Flamingo, path: str | Path) -> LoadRepor
     """Load an OpenFlamingo v1/v2 ``checkpoint.pt`` (perceiver, gated blocks, embeddings) into ``model``.
 
     Every perceiver and gated-block parameter and the input embeddings must be in the file; other LM parameters
-    (output embeddings, full LM weights) are loaded when present; stray buffers are ignored; any other key, and
-    any shape that differs, is an error that lists them.
+    (output embeddings, full LM weights, e.g. v2's ``old_decoder_blocks`` copies) are loaded when present; stray
+    buffers and the frozen ViT's open_clip weights (``vision_encoder.*``: the ViT comes from the CLIP directory)
+    are ignored and reported; any other key, and any shape that differs, is an error that lists them.
     """
     source = str(path)
     layers_path = model.decoder_layers_path
@@ -200,13 +237,15 @@ def load_openflamingo_checkpoint(model: Flamingo, path: str | Path) -> LoadRepor
     renamed = {"lang_encoder.embed_out.weight": _output_embedding_key(model)}
 
     def mapper(key: str) -> str | None:
+        if key.startswith("vision_encoder."):  # open_clip names of the frozen ViT (full training dicts): not ours
+            return None
         if key in renamed and key not in params and renamed[key] is not None:
             return renamed[key]
         if key.startswith("lang_encoder."):
             return "lang_encoder." + lm_key(key[len("lang_encoder.") :], layers_path=layers_path)
         return key
 
-    mapped, origin, _, aliases = _map_keys(read_state_dict(path), mapper, source)
+    mapped, origin, vision, aliases = _map_keys(read_state_dict(path), mapper, source)
     buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}
     required = {f"perceiver.{n}" for n, _ in model.perceiver.named_parameters()}
     for i, block in model.gated_blocks().items():
@@ -228,7 +267,8 @@ def load_openflamingo_checkpoint(model: Flamingo, path: str | Path) -> LoadRepor
     with torch.no_grad():
         for key in loaded:
             params[key].copy_(mapped[key])
-    return LoadReport(source=source, loaded=loaded, ignored=sorted(origin[k] for k in ignored) + sorted(aliases))
+    ignored_keys = sorted(origin[k] for k in ignored) + sorted(aliases) + sorted(vision)
+    return LoadReport(source=source, loaded=loaded, ignored=ignored_keys)
 
 
 def _input_embedding_key(model: Flamingo) -> str:
