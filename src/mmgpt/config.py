@@ -83,6 +83,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         return value if isinstance(value, hint) else from_dict(hint, value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # YAML reads a bare 2017 as an int; a path or name may still be numeric
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

@@ -42,6 +42,7 @@ class Batch:
     labels: torch.Tensor
     media: torch.Tensor | None
     image_counts: torch.Tensor
+    origins: tuple[str, ...] = ()  # "source:id" per row, for reports ("non-finite loss on llava_detail:17")
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -52,7 +53,9 @@ class Batch:
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:
         moved = {
-            f.name: None if (v := getattr(self, f.name)) is None else v.to(device, non_blocking=non_blocking)
+            f.name: v.to(device, non_blocking=non_blocking)
+            if isinstance(v := getattr(self, f.name), torch.Tensor)
+            else v
             for f in fields(self)
         }
         return Batch(**moved)
@@ -114,4 +117,5 @@ def collate(
         for row, images in enumerate(tensors):
             for i, tensor in enumerate(images):
                 media[row, i, 0] = tensor
-    return Batch(input_ids, attention_mask, labels, media, image_counts)
+    origins = tuple(f"{getattr(s, 'source', '')}:{getattr(s, 'id', '')}" for s in samples)
+    return Batch(input_ids, attention_mask, labels, media, image_counts, origins)

@@ -1,0 +1,192 @@
+"""The typed configuration of a training run (`mmgpt train CONFIG key=value ...`).
+
+A run's YAML mirrors :class:`TrainConfig`. ``data`` (and ``validation.data``) may be written inline or as the
+path / preset name of a data config; :func:`load_train_config` expands it, applies ``key=value`` overrides at
+any depth (``optimizer.lr=1e-4``, ``data.batch_size=2``) and refuses unknown keys, naming the closest valid one.
+The expanded config is saved in the run directory, so a run can always be read back and resumed as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmgpt.config import ConfigError, LoraConfig, closest, from_dict
+from mmgpt.data.config import DataConfig, load_data_config
+
+Trainable = Literal["lora", "full", "openflamingo"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with a warmup-then-decay schedule. The defaults are MultiModal-GPT's (reference.md section 4).
+
+    Weight decay applies to matrices (LoRA A/B, linear weights); never to biases, norm scales, the tanh gates,
+    the perceiver's latents or the token embeddings (decaying those pulls learned vectors to zero for no gain).
+    """
+
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # the schedule decays to lr * min_lr_ratio
+    max_grad_norm: float | None = 1.0  # clipped once per optimiser step, after accumulation
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optimizer.betas must be two numbers, got {list(self.betas)}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("optimizer.warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+
+
+@dataclass
+class ValidationConfig:
+    """Held-out loss every ``every`` optimiser steps over the first ``batches`` batches of ``data`` (the same
+    batches each time). ``keep_best`` copies the checkpoint with the lowest ``metric`` to ``best/``."""
+
+    data: DataConfig | None = None
+    every: int = 0  # 0: only at the end
+    batches: int = 20
+    metric: str = "val_loss"  # lower is better; any key the validation reports
+    keep_best: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # optimiser steps; 0: only at the end
+    keep_last: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 1  # optimiser steps between metric lines
+    progress: bool = True  # a progress bar on a terminal (plain lines otherwise)
+    tensorboard: bool = False
+    wandb_project: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``model``: one of our model directories, a model config YAML (a fresh, randomly
+    initialised model: pretraining) or anything ``mmgpt.load`` accepts (a preset with ``model_options`` paths).
+
+    ``trainable``: "lora" (MultiModal-GPT: the base frozen, LoRA on ``lora``'s targets), "openflamingo" (what
+    OpenFlamingo pretraining trains: perceiver, gated blocks, input embeddings) or "full" (everything but the
+    vision encoder). Steps are optimiser steps; each takes ``gradient_accumulation`` micro-steps of one
+    vision-language batch and (per ``data.language_ratio``) one language-only batch.
+    """
+
+    model: str
+    data: DataConfig
+    run_dir: str
+    model_options: dict[str, Any] = field(default_factory=dict)
+    trainable: Trainable = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    max_steps: int | None = None  # default: ``epochs`` passes over the vision-language data
+    epochs: float = 1.0
+    gradient_accumulation: int = 1
+    language_weight: float = 1.0  # loss = vision-language loss + language_weight * language-only loss
+    precision: Precision = "fp32"
+    gradient_checkpointing: bool = False
+    device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    seed: int = 0
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.gradient_accumulation < 1:
+            raise ConfigError(f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 or null (from epochs), got {self.max_steps}")
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["optimizer.lr=1e-4", "data.batch_size=2"]`` -> nested dict; values are read as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} is not key=value (e.g. optimizer.lr=1e-4)")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r}: {part!r} is set to a value and also has keys")
+        node[leaf] = yaml.safe_load(value)
+    return nested
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _expand_data(value: Any, where: str, relative_to: Path) -> Any:
+    """A data config given by path or preset name -> its dict (paths already resolved)."""
+    if not isinstance(value, str):
+        return value
+    candidate = Path(value).expanduser()
+    path = candidate if candidate.is_absolute() or not (relative_to / candidate).exists() else relative_to / candidate
+    try:
+        return dataclasses.asdict(load_data_config(path if path.exists() else value))
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def load_train_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    """A TrainConfig from a YAML file (or a dict), with ``key=value`` overrides; see the module docstring."""
+    if isinstance(source, dict):
+        raw, where, folder = dict(source), "config", Path.cwd()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"training config {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        where, folder = str(path), path.parent.resolve()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+        for key in ("model", "run_dir"):  # relative to the config file, like a data config's paths
+            if isinstance(raw.get(key), str) and not Path(raw[key]).expanduser().is_absolute():
+                relative = folder / raw[key]
+                if key == "run_dir" or relative.exists():
+                    raw[key] = str(relative)
+    extra = parse_overrides(overrides or [])
+    for key in extra:
+        if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            names = [f.name for f in dataclasses.fields(TrainConfig)]
+            raise ConfigError(f"override: unknown key {key!r}{closest(key, names)}; valid keys: {', '.join(names)}")
+    # Data given by name is expanded first, so `data.batch_size=2` overrides a field of the loaded config.
+    for key, parent in (("data", raw), ("data", raw.get("validation") or {})):
+        if key in parent:
+            parent[key] = _expand_data(parent[key], f"{where}: {key}", folder)
+    for key, parent in (("data", extra), ("data", extra.get("validation") or {})):
+        if isinstance(parent.get(key), str):
+            parent[key] = _expand_data(parent[key], f"override {key}", Path.cwd())
+    return from_dict(TrainConfig, _merge(raw, extra), where)
+
+
+def save_train_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -1,0 +1,80 @@
+"""From a TrainConfig to a finished run: join the process group, load the model, train, leave the group.
+
+What `mmgpt train` and `mmgpt pretrain` call; tests and notebooks call it too (``env`` is passed in, never read
+from the process, so a test decides what a "rank" is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from mmgpt.config import ConfigError, ModelConfig, load_yaml
+from mmgpt.model.flamingo import Flamingo
+from mmgpt.train.checkpoint import latest_checkpoint, list_checkpoints
+from mmgpt.train.config import TrainConfig
+from mmgpt.train.distributed import init_distributed, shutdown
+from mmgpt.train.trainer import Evaluator, Trainer, TrainResult
+
+
+def load_base_model(spec: str, options: Mapping[str, Any] | None = None) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+    """The model a run starts from: our model directory, a model config YAML (fresh random weights, for
+    pretraining; its ``lm.tokenizer`` names the tokenizer folder) or anything ``mmgpt.load`` accepts."""
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        from mmgpt.model.build import build_model
+
+        cfg = load_yaml(ModelConfig, path)
+        if cfg.lm.tokenizer is not None and not Path(cfg.lm.tokenizer).is_absolute():
+            cfg.lm.tokenizer = str(path.parent / cfg.lm.tokenizer)
+        return build_model(cfg)
+    if path.is_dir() and (path / "mmgpt.yaml").is_file() and not options:
+        from mmgpt.model.checkpoints import load_pretrained
+
+        return load_pretrained(path)
+    try:
+        from mmgpt.load import load
+    except ImportError:
+        raise ConfigError(f"model {spec!r}: not a model directory (with mmgpt.yaml) or a model config YAML") from None
+    return load(spec, **dict(options or {}))
+
+
+def prepare_resume(cfg: TrainConfig, resume: bool | str | None) -> Path | None:
+    """The checkpoint to continue from. ``resume=True``: the latest of the run directory (none yet: start);
+    a path: that checkpoint; ``False``/None with checkpoints already in the run directory is an error, so an
+    earlier run is never overwritten by accident."""
+    if isinstance(resume, str):
+        if not Path(resume).is_dir():
+            raise ConfigError(f"--resume {resume}: no such checkpoint folder")
+        return Path(resume)
+    if resume:
+        return latest_checkpoint(cfg.run_dir)
+    if list_checkpoints(cfg.run_dir):
+        raise ConfigError(
+            f"run directory {cfg.run_dir} already holds checkpoints; pass --resume to continue that run, "
+            "or choose another run_dir"
+        )
+    return None
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    env: Mapping[str, str] | None = None,
+    resume: bool | str | None = None,
+    evaluators: dict[str, Evaluator] | None = None,
+    progress_stream=None,
+) -> TrainResult:
+    checkpoint = prepare_resume(cfg, resume)
+    ctx = init_distributed(env or {}, device=cfg.device)
+    try:
+        model, tokenizer = load_base_model(cfg.model, cfg.model_options)
+        trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=evaluators)
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        return trainer.fit(progress_stream=progress_stream)
+    finally:
+        shutdown(ctx)
