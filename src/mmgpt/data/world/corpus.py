@@ -1,0 +1,90 @@
+"""Text beyond the instruction data: the pretraining corpus of the tiny base, and the world's tokenizer.
+
+Pretraining rows (OpenFlamingo style, every row ``{"images": [...], "text": ...}``, one ``<image>`` per image):
+
+- ``captions``: one image, its dense caption (every shape with size, colour and position, and the word) - LAION;
+- ``interleaved``: 2-3 images, each followed by a caption or a description - MMC4;
+- ``text``: no image, statements of the language-only skills ("3 plus 4 is 7.") - the LM's own pretraining, so
+  the base knows facts that instruction tuning can keep or lose (the paper's finding 2).
+
+The tokenizer is trained on a canonical corpus that depends on nothing but the code: every world generated with
+any seed or size gets the same tokenizer, so a base pretrained once serves every later world.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from mmgpt.data.templates import CAPTION_INSTRUCTIONS, DESCRIPTION_INSTRUCTIONS, HEADER, REASON_QUESTIONS, render_text
+from mmgpt.data.world.config import VOCAB_SIZE
+from mmgpt.data.world.describe import NUMBER_WORDS, POSITION_PHRASES, captions, dense_caption, detailed_description
+from mmgpt.data.world.language import LanguageTask, language_tasks
+from mmgpt.data.world.scene import COLOURS, SHAPES, SIZES, WORDS, Scene, sample_scenes
+from mmgpt.data.world.tasks import DETAIL_INSTRUCTIONS, OCR_QUESTIONS, scene_tasks, task_conversations
+from mmgpt.tokens import END_OF_CHUNK, IMAGE, add_special_tokens, train_tokenizer
+
+TOKENIZER_SEED = 20230508  # the paper's arXiv date; any fixed number would do
+TOKENIZER_SCENES = 400
+TOKENIZER_LANGUAGE = 2000
+STATEMENTS_PER_ROW = 4
+
+
+def chunk(text: str) -> str:
+    return f"{IMAGE}{text}{END_OF_CHUNK}"
+
+
+def caption_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
+    for scene, path in zip(scenes, image_paths, strict=True):
+        yield {"images": [path], "text": chunk(dense_caption(scene))}
+
+
+def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:
+    """Consecutive scenes in groups of 2-3 (the last group may be shorter), each with a text drawn per image."""
+    rng = random.Random(f"{seed}:interleaved")
+    start = 0
+    while start < len(scenes):
+        end = min(len(scenes), start + rng.randint(2, 3))
+        texts = []
+        for scene in scenes[start:end]:
+            options = [dense_caption(scene), *captions(scene), detailed_description(scene, rng)]
+            texts.append(chunk(rng.choice(options)))
+        yield {"images": image_paths[start:end], "text": "".join(texts)}
+        start = end
+
+
+def text_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
+    for start in range(0, len(tasks), STATEMENTS_PER_ROW):
+        yield {"images": [], "text": " ".join(t.output for t in tasks[start : start + STATEMENTS_PER_ROW])}
+
+
+def tokenizer_corpus() -> Iterator[str]:
+    """Every kind of string the world writes: rendered training conversations of every task (template included),
+    pretraining texts, language tasks, instruction lists and the whole vocabulary."""
+    yield from (HEADER, "### Image:\n### Instruction:\n### Input:\n### Response:\n")
+    yield from (
+        *CAPTION_INSTRUCTIONS,
+        *DESCRIPTION_INSTRUCTIONS,
+        *REASON_QUESTIONS,
+        *DETAIL_INSTRUCTIONS,
+        *OCR_QUESTIONS,
+    )
+    yield " ".join([*COLOURS, *SHAPES, *(s + "s" for s in SHAPES), *SIZES, *WORDS, *NUMBER_WORDS, *POSITION_PHRASES])
+    yield " ".join([*POSITION_PHRASES.values(), *map(str, range(20))])
+    for scene in sample_scenes(TOKENIZER_SEED, "tokenizer", TOKENIZER_SCENES):
+        for conversations in task_conversations(scene_tasks(scene), "image.png").values():
+            for conversation in conversations:
+                yield render_text(conversation)
+        yield dense_caption(scene)
+    for task in language_tasks(TOKENIZER_SEED, "tokenizer", TOKENIZER_LANGUAGE):
+        yield render_text(task.conversation())
+
+
+def world_tokenizer(*, vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerBase:
+    """The world's byte-level BPE tokenizer (any string encodes, none to ``<unk>``), special tokens added."""
+    tokenizer = train_tokenizer(tokenizer_corpus(), vocab_size=vocab_size)
+    add_special_tokens(tokenizer)
+    return tokenizer

@@ -1,0 +1,145 @@
+"""The world's English: noun phrases, referring expressions, numbers, captions and long descriptions of a scene.
+
+Every text about a scene is built here, from the ground truth only, so the training targets and the metrics
+(``mmgpt.evaluate.world``) agree on the words: colours, shape names (singular and ``+s`` plural), sizes, the
+nine position names, number words ``one``..``nine`` and the scene's word.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from mmgpt.data.world.scene import COLOURS, SHAPES, Scene, Shape
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# Position name -> the phrase a sentence uses ("at the top left", "in the centre").
+POSITION_PHRASES = {
+    "top left": "at the top left",
+    "top": "at the top",
+    "top right": "at the top right",
+    "left": "on the left",
+    "centre": "in the centre",
+    "right": "on the right",
+    "bottom left": "at the bottom left",
+    "bottom": "at the bottom",
+    "bottom right": "at the bottom right",
+}
+
+
+def number_word(n: int) -> str:
+    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+
+
+def plural(noun: str, n: int) -> str:
+    return noun if n == 1 else noun + "s"
+
+
+def counted(n: int, noun: str) -> str:
+    """``one circle``, ``three circles``."""
+    return f"{number_word(n)} {plural(noun, n)}"
+
+
+def capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def article(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def noun_phrase(shape: Shape, *, size: bool = True) -> str:
+    """``large red circle`` (without an article)."""
+    return f"{shape.size} {shape.colour} {shape.kind}" if size else f"{shape.colour} {shape.kind}"
+
+
+def join_list(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def references(scene: Scene, shape: Shape, *, without: str = "") -> list[str]:
+    """The phrases that pick out ``shape`` alone in ``scene``; ``without`` names an attribute the phrase must not
+    use (a colour question cannot say "the red circle"). The position phrase always qualifies."""
+    found = []
+    if without != "kind" and scene.count(kind=shape.kind) == 1:
+        found.append(f"the {shape.kind}")
+    if without != "colour" and scene.count(colour=shape.colour) == 1:
+        found.append(f"the {shape.colour} shape")
+    if without not in ("colour", "kind") and scene.count(colour=shape.colour, kind=shape.kind) == 1:
+        found.append(f"the {shape.colour} {shape.kind}")
+    if without != "position":
+        found.append(f"the shape {POSITION_PHRASES[shape.position]}")
+    return found
+
+
+def reference(scene: Scene, shape: Shape, rng: random.Random, *, without: str = "") -> str | None:
+    options = references(scene, shape, without=without)
+    return rng.choice(options) if options else None
+
+
+def colour_summary(scene: Scene) -> str:
+    """``two red shapes and one blue shape`` in the order of ``COLOURS``."""
+    counts = Counter(s.colour for s in scene.shapes)
+    return join_list([f"{number_word(counts[c])} {c} {plural('shape', counts[c])}" for c in COLOURS if counts[c]])
+
+
+def kind_summary(scene: Scene) -> str:
+    counts = Counter(s.kind for s in scene.shapes)
+    return join_list([counted(counts[k], k) for k in SHAPES if counts[k]])
+
+
+def word_sentence(scene: Scene) -> str:
+    if scene.word is None:
+        return "There is no text in the image."
+    return f"The word {scene.word} is written below the shapes."
+
+
+def detailed_description(scene: Scene, rng: random.Random) -> str:
+    """A long description (LLaVA detail style): how many shapes, each shape in reading order, the word, a summary."""
+    n = len(scene.shapes)
+    opening = rng.choice(
+        [
+            f"The image shows {counted(n, 'shape')} on a white background.",
+            f"In this image there {'is' if n == 1 else 'are'} {counted(n, 'shape')} on a white background.",
+        ]
+    )
+    sentences = [opening]
+    for shape in scene.shapes:
+        where = POSITION_PHRASES[shape.position]
+        sentences.append(
+            rng.choice(
+                [
+                    f"{capitalise(where)} there is {article(noun_phrase(shape))}.",
+                    f"{capitalise(article(noun_phrase(shape)))} is {where}.",
+                ]
+            )
+        )
+    sentences.append(word_sentence(scene))
+    if n > 1:
+        sentences.append(f"In total there are {colour_summary(scene)}.")
+    return " ".join(sentences)
+
+
+def captions(scene: Scene) -> list[str]:
+    """Two short captions (COCO style): the shapes by colour and kind, and the counts by kind."""
+    shapes = join_list([article(noun_phrase(s, size=False)) for s in scene.shapes])
+    word = f" with the word {scene.word}" if scene.word else ""
+    first = capitalise(shapes) + word + "."
+    n = len(scene.shapes)
+    second = (
+        f"A picture of {article(noun_phrase(scene.shapes[0]))}{word}."
+        if n == 1
+        else f"A picture of {kind_summary(scene)}{word}."
+    )
+    return [first, second]
+
+
+def dense_caption(scene: Scene) -> str:
+    """Every shape with size, colour and position, and the word: the alt-text of the pretraining corpus."""
+    parts = [f"{article(noun_phrase(s))} {POSITION_PHRASES[s.position]}" for s in scene.shapes]
+    text = capitalise(join_list(parts)) + "."
+    if scene.word:
+        text += f" The word {scene.word} is written below."
+    return text
