@@ -241,3 +241,59 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(llama_v1, tmp_path):
     (tmp_path / "notes.pt").write_text("these are not weights")
     with pytest.raises(ValueError, match=r"notes\.pt is not a PyTorch checkpoint"):
         load_openflamingo_checkpoint(copy.deepcopy(llama_v1), tmp_path / "notes.pt")
+
+
+# ------------------------------------------------------------------------------------------------ OpenFlamingo v2
+def v2_full_state(model, *, decoder_layer_copies: bool) -> dict[str, torch.Tensor]:
+    """A v2 training dict saved unfiltered, with the real v2 names: FlamingoLayer(gated_cross_attn_layer,
+    decoder_layer) at ``transformer.blocks.{i}``, the original blocks again as ``old_decoder_blocks.{i}``, the
+    blocks again as ``gated_cross_attn_layers.{i}``, and the frozen open_clip ViT as ``vision_encoder.*``.
+    ``decoder_layer_copies=False``: the older filter that dropped the frozen ``decoder_layer`` names but kept the
+    ``old_decoder_blocks`` alias (it only deleted names that named_parameters() yields)."""
+    state = {f"perceiver.{n}": p.detach() for n, p in model.perceiver.named_parameters()}
+    blocks = model.lang_encoder.get_submodule("transformer.blocks")
+    for i, layer in enumerate(blocks):
+        for n, p in layer.named_parameters():
+            if n.startswith("gated_cross_attn_layer."):
+                state[f"lang_encoder.transformer.blocks.{i}.{n}"] = p.detach()
+                state[f"lang_encoder.gated_cross_attn_layers.{i}.{n.split('.', 1)[1]}"] = p.detach()
+                continue
+            if decoder_layer_copies:
+                state[f"lang_encoder.transformer.blocks.{i}.decoder_layer.{n}"] = p.detach()
+            state[f"lang_encoder.old_decoder_blocks.{i}.{n}"] = p.detach()
+    state["lang_encoder.transformer.wte.weight"] = model.lang_encoder.transformer.wte.weight.detach()
+    state["lang_encoder.transformer.norm_f.weight"] = model.lang_encoder.transformer.norm_f.weight.detach()
+    state["vision_encoder.conv1.weight"] = torch.zeros(4, 3, 2, 2)
+    return state
+
+
+@pytest.mark.parametrize("decoder_layer_copies", [True, False])
+def test_v2_unfiltered_mpt_dict_with_old_decoder_blocks_loads_the_lm_layers_too(tmp_path, decoder_layer_copies):
+    source, _ = tiny_model("mpt", "previous")
+    torch.save(
+        {"model_state_dict": v2_full_state(source, decoder_layer_copies=decoder_layer_copies)}, tmp_path / "c.pt"
+    )
+    model = fresh_copy(source)
+    with torch.no_grad():  # the LM's own layers differ too: only the file can make the logits equal
+        for p in model.lang_encoder.transformer.blocks.parameters():
+            p.add_(0.1)
+    assert not torch.equal(logits(model), logits(source))
+    report = load_openflamingo_checkpoint(model, tmp_path / "c.pt")
+    assert torch.equal(logits(model), logits(source))
+    assert "lang_encoder.transformer.blocks.0.attn.Wqkv.weight" in report.loaded
+    assert "vision_encoder.conv1.weight" in report.ignored
+    lm_layer_params = [k for k in report.loaded if ".blocks." in k and "gated" not in k]
+    assert len(lm_layer_params) == 4 * 6  # every weight of the 4 MPT blocks came from the file
+    aliases = [k for k in report.ignored if "old_decoder_blocks" in k]
+    assert len(aliases) == (len(lm_layer_params) if decoder_layer_copies else 0)
+
+
+def test_v2_old_decoder_blocks_that_differ_from_the_decoder_layers_are_an_error(tmp_path):
+    source, _ = tiny_model("mpt", "previous")
+    state = v2_full_state(source, decoder_layer_copies=True)
+    state["lang_encoder.old_decoder_blocks.1.attn.out_proj.weight"] = torch.zeros_like(
+        state["lang_encoder.old_decoder_blocks.1.attn.out_proj.weight"]
+    )
+    torch.save(state, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"old_decoder_blocks\.1\.attn\.out_proj\.weight.* hold different tensors"):
+        load_openflamingo_checkpoint(fresh_copy(source), tmp_path / "c.pt")
