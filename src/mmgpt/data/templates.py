@@ -78,10 +78,12 @@ def join_options(options: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Segment:
-    """A piece of rendered text. ``response`` segments are trained and are each followed by EOS."""
+    """A piece of rendered text. ``response`` segments are trained and, unless ``eos=False`` (the inner pieces
+    of a pretraining Document), each followed by EOS."""
 
     text: str
     response: bool = False
+    eos: bool = True
 
     @property
     def is_image(self) -> bool:

@@ -28,6 +28,7 @@ from typing import Literal
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.conversation import Conversation, ImageRef
+from mmgpt.data.document import Document
 from mmgpt.data.templates import HEADER, Segment, render, render_prompt
 from mmgpt.tokens import IGNORE_INDEX, IMAGE, special_token_ids
 
@@ -130,7 +131,7 @@ class ConversationTokenizer:
                 labels.append(IGNORE_INDEX)
                 continue
             ids = next(pieces)
-            if segment.response:
+            if segment.response and segment.eos:
                 ids = [*ids, self.eos_id]
             input_ids.extend(ids)
             labels.extend(ids if segment.response and train else [IGNORE_INDEX] * len(ids))
@@ -168,9 +169,9 @@ class ConversationTokenizer:
             id=conversation.id,
         )
 
-    def __call__(self, conversation: Conversation) -> TokenizedSample:
+    def __call__(self, conversation: Conversation | Document) -> TokenizedSample:
         """A training sample; raises :class:`SampleDropped`."""
-        segments = render(conversation)
+        segments = _segments(conversation)
         encoded = self._encode([s.text for s in segments if not s.is_image])
         return self._assemble(conversation, segments, encoded, train=True)
 
@@ -179,7 +180,7 @@ class ConversationTokenizer:
 
         Each result is a sample or the :class:`SampleDropped` it would have raised, in input order.
         """
-        rendered = [render(c) for c in conversations]
+        rendered = [_segments(c) for c in conversations]
         texts = [s.text for segments in rendered for s in segments if not s.is_image]
         encoded = self._encode(texts)
         results: list[TokenizedSample | SampleDropped] = []
@@ -199,6 +200,10 @@ class ConversationTokenizer:
         segments = render_prompt(conversation)
         encoded = self._encode([s.text for s in segments if not s.is_image])
         return self._assemble(conversation, segments, encoded, train=False)
+
+
+def _segments(sample: Conversation | Document) -> list[Segment]:
+    return sample.segments() if isinstance(sample, Document) else render(sample)
 
 
 _cache: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[int, int, ConversationTokenizer]] = (

@@ -13,6 +13,7 @@ from mmgpt.data.sources import (
     coco_captions,
     dolly,
     gqa,
+    interleaved,
     llava,
     minigpt4,
     ocr_vqa,
@@ -24,7 +25,7 @@ from mmgpt.data.sources.read import SourceStats, read_source
 
 FORMATS: dict[str, SourceFormat] = {
     module.FORMAT.name: module.FORMAT
-    for module in (llava, minigpt4, aokvqa, coco_captions, ocr_vqa, vqa, gqa, dolly, alpaca, baize)
+    for module in (llava, minigpt4, aokvqa, coco_captions, ocr_vqa, vqa, gqa, dolly, alpaca, baize, interleaved)
 }
 
 __all__ = ["FORMATS", "MalformedRowError", "RowError", "SourceError", "SourceFormat", "SourceStats", "read_source"]
