@@ -29,7 +29,7 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from mmgpt.data.conversation import Conversation, ImageRef, Message
-from mmgpt.data.images import ImageTransform
+from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
 from mmgpt.data.templates import render_text
 from mmgpt.data.tokenize import tokenize_prompt
 from mmgpt.generate import GenerationConfig, _RowText, _stop_ids, _suppressed, next_tokens
@@ -62,10 +62,18 @@ class ChatModel:
     _active: str | None = field(default=None, repr=False)
 
     @classmethod
-    def wrap(cls, model: Flamingo, tokenizer: PreTrainedTokenizerBase, *, name: str = "mmgpt") -> ChatModel:
+    def wrap(
+        cls,
+        model: Flamingo,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "mmgpt",
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> ChatModel:
         text = model.lang_encoder.config.get_text_config()
         limit = getattr(text, "max_position_embeddings", None) or getattr(text, "max_seq_len", None)
-        chat = cls(model.eval(), tokenizer, ImageTransform(size=model.vision_encoder.image_size), name=name)
+        transform = ImageTransform(size=model.vision_encoder.image_size, max_pixels=max_image_pixels)
+        chat = cls(model.eval(), tokenizer, transform, name=name)
         chat.max_context = int(limit or DEFAULT_CONTEXT)
         chat._layers = lora_layers(model)
         if chat._layers:
@@ -215,6 +223,13 @@ class ChatSession:
         """The exact text the model sees (the template with ``<image>`` placeholders), for display."""
         conversation = self.conversation()
         return render_text(conversation, eos=self.chat_model.tokenizer.eos_token or "") if conversation else ""
+
+    def prompt_length(self) -> int:
+        """Tokens of the prompt for the last (unanswered) turn: what the next answer continues."""
+        conversation = self.conversation()
+        if conversation is None or not conversation.is_prompt:
+            raise ValueError("the last message must be an unanswered user message")
+        return len(tokenize_prompt(conversation, self.chat_model.tokenizer).input_ids)
 
     def add_image(self, image: ImageRef) -> None:
         """Attach an image to the next user message (decoded and checked now, so a bad file fails here)."""

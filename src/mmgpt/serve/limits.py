@@ -1,0 +1,73 @@
+"""Safety limits of the server and the admission gate that bounds concurrent and queued requests.
+
+Defaults are safe for a server reachable by others: images come inline (data URLs) unless http(s) fetching is
+switched on, ``file:`` URLs are never read, bodies, images and pixels are bounded, and a full queue answers at
+once (429) instead of piling up work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from mmgpt.serve.errors import APIError
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_request_bytes: int = 20 * 2**20  # a JSON body with base64 images
+    max_image_bytes: int = 10 * 2**20  # one encoded image
+    max_image_pixels: int = 4096 * 4096  # decoded size; refused before decoding (decompression bombs)
+    max_images: int = 8  # per request (all messages together)
+    allow_image_urls: bool = False  # fetch http(s) image URLs; file: URLs are refused regardless
+    image_url_timeout_s: float = 10.0
+    max_active: int = 4  # generations running at once (they take turns on the model, one step each)
+    max_waiting: int = 16  # requests queued behind them; one more gets 429
+    queue_timeout_s: float = 60.0  # a request queued longer gets 503
+    default_max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_bytes", "max_image_bytes", "max_image_pixels", "max_images", "max_active"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_waiting < 0 or self.queue_timeout_s <= 0:
+            raise ValueError(f"max_waiting={self.max_waiting} must be >= 0 and queue_timeout_s > 0")
+
+
+class Admission:
+    """At most ``max_active`` requests run; up to ``max_waiting`` more wait their turn (FIFO, as asyncio's
+    semaphore wakes waiters in order); beyond that a request is refused at once with 429, and one that waited
+    ``queue_timeout_s`` gets 503. ``release`` must follow every successful ``acquire`` (streams release when
+    they end, including when the client disconnects)."""
+
+    def __init__(self, limits: ServeLimits) -> None:
+        self.limits = limits
+        self._slots = asyncio.Semaphore(limits.max_active)
+        self.active = 0
+        self.waiting = 0
+
+    async def acquire(self) -> None:
+        if self.active >= self.limits.max_active and self.waiting >= self.limits.max_waiting:
+            raise APIError(
+                429,
+                f"the server is busy ({self.active} requests running, {self.waiting} waiting); retry shortly",
+                type="rate_limit_error",
+                code="server_busy",
+            )
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.limits.queue_timeout_s)
+        except TimeoutError:
+            raise APIError(
+                503,
+                f"no generation slot freed within {self.limits.queue_timeout_s:.0f} s; retry later",
+                type="server_error",
+                code="queue_timeout",
+            ) from None
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._slots.release()

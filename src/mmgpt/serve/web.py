@@ -1,0 +1,133 @@
+"""The browser demo (gradio): several images per message, multi-turn streaming chat, sampling controls,
+regenerate / undo / clear, examples, the adapter per conversation, and the exact prompt the model sees.
+
+Each browser session owns one :class:`~mmgpt.chat.ChatSession` (kept in a ``gr.State``, freed an hour after the
+tab closes), so every turn reuses that conversation's cache. All sessions share the one model with the API.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+
+from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError
+from mmgpt.data.images import ImageError
+from mmgpt.generate import GenerationConfig
+
+SESSION_TTL_S = 3600
+EXAMPLE_QUESTIONS = ("What do you see in this image?", "What color is the circle, and where is the square?")
+
+
+def example_images(folder: Path) -> list[str]:
+    """Example pictures written once per server (the embedded default's world will supply its own)."""
+    from mmgpt.demo import demo_image
+
+    path = folder / "shapes.png"
+    demo_image(160).save(path)
+    return [str(path)]
+
+
+def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Blocks:
+    names = [chat_model.name, *chat_model.adapters]
+
+    def adapter_of(name: str) -> str | None:
+        return None if name == chat_model.name else name
+
+    def config(temperature: float, top_p: float, max_tokens: int) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=int(max_tokens), temperature=float(temperature), top_p=float(top_p))
+
+    def history_of(session: ChatSession) -> list[dict]:
+        messages: list[dict] = []
+        for turn in session.turns:
+            messages += [{"role": "user", "content": {"path": str(p)}} for p in turn.images]
+            messages.append({"role": "user", "content": turn.text})
+            if turn.answer is not None:
+                messages.append({"role": "assistant", "content": turn.answer})
+        return messages
+
+    def stream_answer(session: ChatSession, stream: Iterator[str]) -> Iterator[tuple]:
+        for notice in session.notices:
+            gr.Info(notice)
+        session.notices.clear()
+        history = history_of(session)
+        history.append({"role": "assistant", "content": ""})
+        yield gr.MultimodalTextbox(value=None), history, session, session.prompt_text()
+        for delta in stream:
+            history[-1]["content"] += delta
+            yield gr.MultimodalTextbox(value=None), history, session, session.prompt_text()
+        yield gr.MultimodalTextbox(value=None), history_of(session), session, session.prompt_text()
+
+    def respond(message: dict, session: ChatSession | None, model: str, temperature, top_p, max_tokens):
+        session = session or ChatSession(chat_model)
+        session.set_adapter(adapter_of(model))
+        text = (message or {}).get("text", "").strip()
+        files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
+        if not text and not files:
+            raise gr.Error("type a question (and attach images if you like)")
+        try:
+            stream = session.send(text, images=files, config=config(temperature, top_p, max_tokens))
+        except (ImageError, ContextOverflowError) as error:
+            raise gr.Error(str(error)) from None
+        yield from stream_answer(session, stream)
+
+    def regenerate(session: ChatSession | None, model: str, temperature, top_p, max_tokens):
+        if session is None or not session.turns:
+            raise gr.Error("nothing to regenerate yet")
+        session.set_adapter(adapter_of(model))
+        yield from stream_answer(session, session.regenerate(config(temperature, top_p, max_tokens)))
+
+    def undo(session: ChatSession | None):
+        if session is not None:
+            session.undo()
+        return ([], None, "") if session is None else (history_of(session), session, session.prompt_text())
+
+    def clear(session: ChatSession | None):
+        if session is not None:
+            session.reset()
+        return [], session, ""
+
+    examples_folder = Path(tempfile.mkdtemp(prefix="mmgpt-examples-"))
+    images = example_images(examples_folder)
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(
+            f"## {title}\nMulti-turn chat about images. Attach one or more images to any message; each becomes one "
+            f"`<image>` token in the prompt. Model: `{chat_model.name}`."
+        )
+        session = gr.State(None, time_to_live=SESSION_TTL_S)
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chatbot")
+                box = gr.MultimodalTextbox(
+                    file_types=["image"],
+                    file_count="multiple",
+                    placeholder="Ask about the images, or attach more...",
+                    show_label=False,
+                    elem_id="message",
+                )
+                with gr.Row():
+                    regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
+                    undo_button = gr.Button("Undo", elem_id="undo")
+                    clear_button = gr.Button("Clear", elem_id="clear")
+            with gr.Column(scale=1):
+                model = gr.Dropdown(names, value=names[0], label="Model / LoRA adapter")
+                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
+                max_tokens = gr.Slider(1, 512, value=128, step=1, label="Max new tokens")
+        with gr.Accordion("The exact prompt", open=False):
+            prompt = gr.Textbox(label="Prompt", lines=14, interactive=False, elem_id="prompt")
+        gr.Examples(
+            examples=[[{"text": question, "files": images}] for question in EXAMPLE_QUESTIONS],
+            inputs=[box],
+            label="Examples",
+        )
+        controls = [model, temperature, top_p, max_tokens]
+        outputs = [box, chatbot, session, prompt]
+        box.submit(respond, [box, session, *controls], outputs)
+        regenerate_button.click(regenerate, [session, *controls], outputs)
+        undo_button.click(undo, [session], [chatbot, session, prompt])
+        clear_button.click(clear, [session], [chatbot, session, prompt])
+    return demo
