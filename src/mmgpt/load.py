@@ -25,7 +25,7 @@ import yaml
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from mmgpt.config import ConfigError, LoraConfig, ModelConfig, closest, from_dict
-from mmgpt.model.build import DTYPES, build_model
+from mmgpt.model.build import DTYPES, build_model, hf_source
 from mmgpt.model.checkpoints import CONFIG_FILE, load_multimodal_gpt_lora, load_openflamingo_checkpoint, load_pretrained
 from mmgpt.model.flamingo import Flamingo
 
@@ -145,16 +145,16 @@ def load(
         adapter = None
     else:
         preset = load_preset(source)
-        model, tok = _from_downloads(preset, lm=lm, clip=clip, checkpoint=checkpoint, lora=lora, tokenizer=tokenizer,
-                                     dtype=dtype, device=device, device_map=device_map)  # fmt: skip
         adapter = preset.lora
+        if adapter is not None and lora is None:
+            raise ValueError(
+                f"preset {preset.name!r} is the base plus a LoRA adapter: pass lora= (MultiModal-GPT's "
+                "mmgpt_lora_v0_with_demo.pt, or a peft adapter directory)"
+            )
+        model, tok = _from_downloads(preset, lm=lm, clip=clip, checkpoint=checkpoint, tokenizer=tokenizer,
+                                     dtype=dtype, device=device, device_map=device_map)  # fmt: skip
     if lora is not None:
         _load_lora(model, lora, adapter)
-    elif adapter is not None:
-        raise ValueError(
-            f"preset {source!r} is the base plus a LoRA adapter: pass lora= (MultiModal-GPT's "
-            "mmgpt_lora_v0_with_demo.pt, or a peft adapter directory)"
-        )
     if merge_lora and lora is not None:
         from mmgpt.lora import merge_lora as merge
 
@@ -170,7 +170,6 @@ def _from_downloads(
     lm: str | Path | None,
     clip: str | Path | None,
     checkpoint: str | Path | None,
-    lora: str | Path | None,
     tokenizer: str | Path | None,
     dtype: str | None,
     device: str | torch.device,
@@ -185,6 +184,10 @@ def _from_downloads(
     missing = [f"{name}= ({what})" for name, (value, what) in needed.items() if value is None]
     if missing:
         raise ValueError(f"preset {preset.name!r} needs {'; '.join(missing)}. See docs/weights.md for the downloads")
+    # Every input is checked before anything large is read.
+    hf_source(lm, what="language model", key="lm=")
+    hf_source(clip, what="vision encoder", key="clip=")
+    checkpoint = _local_file(checkpoint, what="checkpoint")
     cfg = dataclasses.replace(
         cfg,
         lm=dataclasses.replace(cfg.lm, path=str(lm), tokenizer=str(tokenizer) if tokenizer else None),
@@ -198,7 +201,7 @@ def _from_downloads(
             f"{clip}: the vision encoder is {model.vision_encoder.width} wide but preset {preset.name!r} expects "
             f"{preset.model.vision.width} (CLIP ViT-L/14); point clip= at openai/clip-vit-large-patch14"
         )
-    load_openflamingo_checkpoint(model, _local_file(checkpoint, what="checkpoint"))  # fills perceiver and blocks
+    load_openflamingo_checkpoint(model, checkpoint)  # fills the perceiver and the blocks, which are uninitialised
     return model, tok
 
 
