@@ -46,6 +46,16 @@ def tiny_chat_model(tmp_path_factory) -> ChatModel:
     return ChatModel.wrap(model, tokenizer, name="tiny", max_image_pixels=LIMITS.max_image_pixels)
 
 
+class EndlessChatModel(ChatModel):
+    """The same model, slowed down and never emitting EOS: a generation that runs until the client leaves."""
+
+    def forward(self, adapter, input_ids, **kwargs):
+        time.sleep(0.01)
+        out = super().forward(adapter, input_ids, **kwargs)
+        out.logits[..., self.tokenizer.eos_token_id] = float("-inf")
+        return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

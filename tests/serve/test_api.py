@@ -13,11 +13,11 @@ import openai
 import pytest
 from PIL import Image
 
-from mmgpt.chat import ChatModel, ChatSession
+from mmgpt.chat import ChatSession
 from mmgpt.generate import GenerationConfig
 from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.limits import ServeLimits
-from tests.serve.conftest import ADAPTERS, LIMITS, free_port, live_server, png
+from tests.serve.conftest import ADAPTERS, LIMITS, EndlessChatModel, free_port, live_server, png
 
 
 def data_url(data: bytes) -> str:
@@ -168,16 +168,6 @@ def test_unknown_model_malformed_json_and_wrong_roles(server):
     assert twice.status_code == 400 and "expected the user" in twice.json()["error"]["message"]
     unknown = httpx.get(f"{url}/v1/nothing")
     assert unknown.status_code == 404 and "no such endpoint /v1/nothing" in unknown.json()["error"]["message"]
-
-
-class EndlessChatModel(ChatModel):
-    """The same model, slowed down and never emitting EOS: a generation that runs until the client leaves."""
-
-    def forward(self, adapter, input_ids, **kwargs):
-        time.sleep(0.01)
-        out = super().forward(adapter, input_ids, **kwargs)
-        out.logits[..., self.tokenizer.eos_token_id] = float("-inf")
-        return out
 
 
 def test_full_queue_answers_429_and_a_disconnected_stream_frees_its_slot(chat_model):
