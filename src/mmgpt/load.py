@@ -146,12 +146,7 @@ def load(
     else:
         preset = load_preset(source)
         adapter = preset.lora
-        if adapter is not None and lora is None:
-            raise ValueError(
-                f"preset {preset.name!r} is the base plus a LoRA adapter: pass lora= (MultiModal-GPT's "
-                "mmgpt_lora_v0_with_demo.pt, or a peft adapter directory)"
-            )
-        model, tok = _from_downloads(preset, lm=lm, clip=clip, checkpoint=checkpoint, tokenizer=tokenizer,
+        model, tok = _from_downloads(preset, lm=lm, clip=clip, checkpoint=checkpoint, lora=lora, tokenizer=tokenizer,
                                      dtype=dtype, device=device, device_map=device_map)  # fmt: skip
     if lora is not None:
         _load_lora(model, lora, adapter)
@@ -170,6 +165,7 @@ def _from_downloads(
     lm: str | Path | None,
     clip: str | Path | None,
     checkpoint: str | Path | None,
+    lora: str | Path | None,
     tokenizer: str | Path | None,
     dtype: str | None,
     device: str | torch.device,
@@ -181,6 +177,8 @@ def _from_downloads(
         "clip": (clip, "a HF CLIP directory (openai/clip-vit-large-patch14)"),
         "checkpoint": (checkpoint, "OpenFlamingo's checkpoint.pt (perceiver, gated blocks, embeddings)"),
     }
+    if preset.lora is not None:  # the model is the base plus this adapter
+        needed["lora"] = (lora, "MultiModal-GPT's mmgpt_lora_v0_with_demo.pt, or a peft adapter directory")
     missing = [f"{name}= ({what})" for name, (value, what) in needed.items() if value is None]
     if missing:
         raise ValueError(f"preset {preset.name!r} needs {'; '.join(missing)}. See docs/weights.md for the downloads")

@@ -110,7 +110,7 @@ def test_missing_downloads_are_named_with_the_fix(downloads):
     root = downloads["root"]
     with pytest.raises(ValueError, match=r"needs lm= \(the language model's HF directory.*checkpoint= \(OpenFlamingo"):
         mmgpt.load(root / "tiny.yaml", clip=root / "clip")
-    with pytest.raises(ValueError, match=r"pass lora= \(MultiModal-GPT's mmgpt_lora_v0_with_demo\.pt"):
+    with pytest.raises(ValueError, match=r"needs lora= \(MultiModal-GPT's mmgpt_lora_v0_with_demo\.pt"):
         load_tiny(downloads, "tiny-mmgpt.yaml")
     with pytest.raises(FileNotFoundError, match=r"checkpoint nowhere\.pt does not exist"):
         load_tiny(downloads, checkpoint="nowhere.pt")
