@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedTokenizerBase
+
 from mmgpt.data.config import DataConfig, SourceConfig, dump_data_config
 from mmgpt.data.world import corpus, formats
 from mmgpt.data.world.config import IMAGE_SIZE, WorldConfig
@@ -106,11 +108,17 @@ def _write_images(scenes: list[Scene], folder: Path, size: int, on_progress: Cal
 
 
 def generate_world(
-    out: str | Path, cfg: WorldConfig, *, on_progress: Callable[[int], None] | None = None
+    out: str | Path,
+    cfg: WorldConfig,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Write the world of ``cfg`` to ``out``; returns the manifest (also written to ``out/world.json``).
 
-    ``on_progress(n)`` is called as images are written (``2 * scenes + heldout`` in all).
+    ``tokenizer``: saved instead of training the world's tokenizer (which depends only on ``cfg.vocab_size``;
+    callers that already hold it save ~2 s). ``on_progress(n)`` is called as images are written
+    (``2 * scenes + heldout`` in all).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +160,8 @@ def generate_world(
         "text": _write_jsonl(out / "pretrain/text.jsonl", corpus.text_rows(language)),
     }
 
-    corpus.world_tokenizer(vocab_size=cfg.vocab_size).save_pretrained(out / TOKENIZER)
+    tokenizer = tokenizer if tokenizer is not None else corpus.world_tokenizer(vocab_size=cfg.vocab_size)
+    tokenizer.save_pretrained(out / TOKENIZER)
     (out / DATA_CONFIG).write_text(dump_data_config(world_data_config(image_size=cfg.image_size)))
     (out / DATA_CONFIG_ONE_WORD).write_text(
         dump_data_config(world_data_config(one_word=True, image_size=cfg.image_size))

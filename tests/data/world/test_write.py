@@ -1,0 +1,85 @@
+"""The written world: the same arguments give the same bytes, and the real sources and loader read it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+from mmgpt.data.config import load_data_config
+from mmgpt.data.loader import build_training_batches
+from mmgpt.data.sources import read_source
+from mmgpt.data.tokenize import load_tokenizer
+from mmgpt.data.world.scene import Scene, sample_scenes
+from mmgpt.data.world.tasks import scene_tasks, task_conversations
+from mmgpt.data.world.write import generate_world, load_heldout, world_data_config
+from mmgpt.tokens import END_OF_CHUNK, IMAGE
+
+from .conftest import SMALL
+
+
+def digest(folder) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_bytes(tmp_path, world, tokenizer):
+    generate_world(tmp_path / "again", SMALL, tokenizer=tokenizer)
+    assert digest(tmp_path / "again") == digest(world)
+
+
+def test_every_source_reads_the_files_back(world):
+    for name in ("data.yaml", "data-one-word.yaml"):
+        cfg = load_data_config(world / name)
+        counts = {s.name: len(list(read_source(s, resolve=cfg.resolve))) for s in cfg.sources}
+        assert all(counts.values()), counts
+    scenes = json.loads((world / "world.json").read_text())["counts"]
+    assert counts["world_detail"] == counts["world_conversation"] == scenes["scenes"] == 12
+    assert counts["world_coco"] == scenes["caption"] == 24
+    assert counts["world_vqa"] == scenes["one_word"] == 36
+    assert counts["world_ocr_vqa"] == scenes["ocr"]
+    assert counts["world_dolly"] + counts["world_alpaca"] == 40
+
+
+def test_files_hold_the_in_memory_conversations(world):
+    cfg = load_data_config(world / "data.yaml")
+    sources = {s.name: s for s in cfg.sources}
+    read = list(read_source(sources["world_conversation"], resolve=cfg.resolve))
+    heldout = load_heldout(world)
+    scenes = sample_scenes(SMALL.seed, "train", SMALL.scenes)
+    for scene, conversation in zip(scenes, read, strict=True):
+        expected = task_conversations(scene_tasks(scene), world / "images" / f"{scene.id}.png")["conversation"][0]
+        assert [(m.role, m.text, [str(i) for i in m.images]) for m in conversation.messages] == [
+            (m.role, m.text, [str(i) for i in m.images]) for m in expected.messages
+        ]
+    assert len(heldout.scenes) == 4 and all(isinstance(s, Scene) for s in heldout.scenes)
+    assert all(p.is_file() for p in heldout.images) and heldout.image_size == 96
+    assert len(heldout.language) == 8
+
+
+def test_build_training_batches_yields_paired_batches(world):
+    cfg = load_data_config(world / "data-one-word.yaml")
+    batches = build_training_batches(cfg, load_tokenizer(cfg.tokenizer))
+    step = next(iter(batches))
+    vl, lo = step.vision_language, step.language
+    assert vl.media.shape[0] == 8 and tuple(vl.media.shape[-3:]) == (3, 96, 96)
+    assert lo is not None and lo.media is None and len(lo) == 8
+    assert torch.equal(vl.image_counts, torch.ones(8, dtype=vl.image_counts.dtype))
+
+
+def test_language_free_config_for_the_ablation(world):
+    cfg = world_data_config(world, language=False)
+    assert cfg.language == [] and cfg.language_ratio == 0.0 and cfg.root == str(world.resolve())
+
+
+def test_pretraining_corpus_binds_one_image_token_per_image(world):
+    for name in ("captions", "interleaved", "text"):
+        rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
+        assert rows
+        for row in rows:
+            assert row["text"].count(IMAGE) == len(row["images"]) == row["text"].count(END_OF_CHUNK)
+            assert all((world / path).is_file() for path in row["images"])
