@@ -9,11 +9,7 @@ import torch
 
 from mmgpt.cli import main
 from mmgpt.config import (
-    CrossAttentionConfig,
-    LanguageModelConfig,
     ModelConfig,
-    PerceiverConfig,
-    VisionConfig,
     load_yaml,
 )
 from mmgpt.data.world.write import load_heldout
@@ -21,29 +17,16 @@ from mmgpt.evaluate.report import results_table
 from mmgpt.evaluate.runner import evaluate_world
 from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints import save_pretrained
+from tests.model.conftest import tiny_config
 
 PRESET = "src/mmgpt/presets/model/tiny-world.yaml"
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
+    """The model tests' tiny LLaMA Flamingo on the world's tokenizer (its 32 px ViT: 96 px images are resized)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        vision=VisionConfig(image_size=96, patch_size=24, width=32, layers=1, heads=2, mlp_dim=64),
-        perceiver=PerceiverConfig(depth=1, heads=2, dim_head=16, num_latents=4),
-        cross_attention=CrossAttentionConfig(every_n_layers=2, heads=2, dim_head=16),
-        lm=LanguageModelConfig(
-            hf_config=dict(
-                model_type="llama",
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                vocab_size=len(tokenizer),
-            )
-        ),
-    )
-    return build_model(cfg, tokenizer=tokenizer)
+    return build_model(tiny_config("llama", vocab_size=len(tokenizer)), tokenizer=tokenizer)
 
 
 def test_evaluate_world_end_to_end(model, world):

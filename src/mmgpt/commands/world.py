@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     import time
+    from dataclasses import fields
 
     from rich.console import Console
     from rich.progress import Progress
@@ -39,15 +40,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     console = Console()
     try:
-        cfg = WorldConfig(
-            seed=args.seed,
-            scenes=args.scenes,
-            heldout=args.heldout,
-            language=args.language,
-            heldout_language=args.heldout_language,
-            image_size=args.image_size,
-            vocab_size=args.vocab_size,
-        )
+        cfg = WorldConfig(**{f.name: getattr(args, f.name) for f in fields(WorldConfig)})
     except ValueError as error:
         console.print(f"error: {error}", markup=False, highlight=False)
         return 2

@@ -31,15 +31,16 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def _held_out(
-    world: str | Path | HeldOut | Sequence[Scene], language: Sequence[LanguageTask] | None, image_size: int
+    world: str | Path | HeldOut | Sequence[Scene], language: Sequence[LanguageTask] | None
 ) -> tuple[list[Scene], list[Any], list[LanguageTask]]:
-    """(scenes, their images, language tasks) of any accepted ``world``."""
+    """(scenes, their images, language tasks) of any accepted ``world``; scenes in memory are rendered as
+    ``mmgpt world generate`` renders them (the model's transform then resizes, as for files)."""
     if isinstance(world, (str, Path)):
         world = load_heldout(world)
     if isinstance(world, HeldOut):
         return world.scenes, list(world.images), list(world.language if language is None else language)
     scenes = list(world)
-    return scenes, [render_scene(s, size=image_size) for s in scenes], list(language or [])
+    return scenes, [render_scene(s) for s in scenes], list(language or [])
 
 
 def score(item: EvalItem, response: str) -> bool | None:
@@ -114,7 +115,7 @@ def evaluate_world(
     [per item: kind, instruction, task, scene, prompt, truth, reference, response, correct]}``; fractions are in [0, 1].
     ``on_progress(done, total)`` is called after each generated batch.
     """
-    scenes, images, tasks = _held_out(world, language, model.vision_encoder.image_size)
+    scenes, images, tasks = _held_out(world, language)
     if limit is not None:
         scenes, images, tasks = scenes[:limit], images[:limit], tasks[:limit]
     items = [item for scene, image in zip(scenes, images, strict=True) for item in scene_items(scene, image)]
