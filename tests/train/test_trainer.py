@@ -142,3 +142,32 @@ def test_validation_loss_and_best_checkpoint(train_config, data_config, tmp_path
     assert all(r["val_loss"] == pytest.approx(r["val_loss_vl"] + r["val_loss_lo"]) for r in val)
     best_step = min(val, key=lambda r: r["val_loss"])["step"]
     assert load_trainer_state(tmp_path / "run" / "best").step == best_step
+
+
+def test_pretraining_from_random_weights_trains_every_part(train_config, tmp_path):
+    from mmgpt.config import save_yaml
+    from mmgpt.train.checkpoint import TRAINABLE_FILE
+    from tests.model.conftest import make_tokenizer, tiny_config
+
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    save_yaml(tiny_config("llama", vocab_size=len(tokenizer) + 3), tmp_path / "tiny.yaml")
+    cfg = load_train_config(
+        {
+            **train_config,
+            "model": str(tmp_path / "tiny.yaml"),
+            "init": "random",
+            "model_options": {"tokenizer": str(tmp_path / "tokenizer")},
+            "trainable": "all",
+            "max_steps": 2,
+        }
+    )
+    result = train(cfg)
+    trained = load_file(str(list_checkpoints(tmp_path / "run")[-1] / TRAINABLE_FILE))
+    model, _ = load_pretrained(result.output)
+    assert trained.keys() == dict(model.named_parameters()).keys()  # the ViT too
+    assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match=r"model_options\.tokenizer"):
+        train(
+            load_train_config({**train_config, "model": str(tmp_path / "tiny.yaml"), "init": "random", "run_dir": "x"})
+        )

@@ -16,7 +16,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 
 class VisionEncoder(nn.Module):
-    """pixels [N, 3, H, W] -> patch tokens [N, p, d_v]. Frozen and always in eval mode."""
+    """pixels [N, 3, H, W] -> patch tokens [N, p, d_v]. Frozen and in eval mode, except when a tiny ViT is
+    pretrained from scratch (``trainable: all``)."""
 
     def __init__(self, model: CLIPVisionModel):
         super().__init__()
@@ -67,11 +68,14 @@ class VisionEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> VisionEncoder:
         super().train(mode)
-        self.model.eval()  # frozen: no dropout, whatever the parent's mode
+        if not any(p.requires_grad for p in self.model.parameters()):
+            self.model.eval()  # frozen: no dropout, whatever the parent's mode
         return self
 
-    @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        hidden = self.model(pixel_values=pixels.to(dtype)).last_hidden_state
+        # Frozen (the usual case): no graph. Only pretraining a tiny ViT from scratch ("trainable: all") trains it.
+        trains = any(p.requires_grad for p in self.model.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+            hidden = self.model(pixel_values=pixels.to(dtype)).last_hidden_state
         return hidden[:, 1:]  # drop CLS; before post_layernorm

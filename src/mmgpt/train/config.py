@@ -18,7 +18,7 @@ import yaml
 from mmgpt.config import ConfigError, LoraConfig, closest, from_dict
 from mmgpt.data.config import DataConfig, load_data_config
 
-Trainable = Literal["lora", "full", "openflamingo"]
+Trainable = Literal["lora", "openflamingo", "full", "all"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -76,19 +76,24 @@ class LoggingConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run. ``model``: one of our model directories, a model config YAML (a fresh, randomly
-    initialised model: pretraining) or anything ``mmgpt.load`` accepts (a preset with ``model_options`` paths).
+    """One training run. ``model``: anything ``mmgpt.load`` accepts - one of our model directories, or a preset
+    name / model YAML with ``model_options`` giving the weights (``lm``, ``clip``, ``checkpoint``, ``dtype``...).
+    With ``init: random`` the preset / YAML is built with random weights (pretraining from scratch) and
+    ``model_options.tokenizer`` names the tokenizer folder.
 
     ``trainable``: "lora" (MultiModal-GPT: the base frozen, LoRA on ``lora``'s targets), "openflamingo" (what
-    OpenFlamingo pretraining trains: perceiver, gated blocks, input embeddings) or "full" (everything but the
-    vision encoder). Steps are optimiser steps; each takes ``gradient_accumulation`` micro-steps of one
-    vision-language batch and (per ``data.language_ratio``) one language-only batch.
+    OpenFlamingo pretraining trains: perceiver, gated blocks, input embeddings), "full" (everything but the
+    vision encoder) or "all" (the vision encoder too: pretraining a tiny model from scratch).
+
+    Steps are optimiser steps; each takes ``gradient_accumulation`` micro-steps of one vision-language batch
+    and (per ``data.language_ratio``) one language-only batch.
     """
 
     model: str
     data: DataConfig
     run_dir: str
     model_options: dict[str, Any] = field(default_factory=dict)
+    init: Literal["pretrained", "random"] = "pretrained"
     trainable: Trainable = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -168,11 +173,14 @@ def load_train_config(source: str | Path | dict[str, Any], overrides: list[str] 
         where, folder = str(path), path.parent.resolve()
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-        for key in ("model", "run_dir"):  # relative to the config file, like a data config's paths
-            if isinstance(raw.get(key), str) and not Path(raw[key]).expanduser().is_absolute():
-                relative = folder / raw[key]
-                if key == "run_dir" or relative.exists():
-                    raw[key] = str(relative)
+        # Paths are relative to the config file, like a data config's: the run directory always, the model and
+        # the model options (tokenizer, lm, clip, checkpoint...) when such a path exists.
+        options = raw.get("model_options") if isinstance(raw.get("model_options"), dict) else {}
+        for parent, key in [(raw, "model"), (raw, "run_dir"), *((options, k) for k in options)]:
+            value = parent.get(key)
+            relative = isinstance(value, str) and not Path(value).expanduser().is_absolute()
+            if relative and (key == "run_dir" or (folder / value).exists()):
+                parent[key] = str(folder / value)
     extra = parse_overrides(overrides or [])
     for key in extra:
         if key not in {f.name for f in dataclasses.fields(TrainConfig)}:

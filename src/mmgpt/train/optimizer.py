@@ -7,7 +7,7 @@ from torch import nn
 
 from mmgpt.config import LoraConfig
 from mmgpt.lora import apply_lora, has_lora, trainable_parameter_table
-from mmgpt.model.build import freeze, openflamingo_trainable
+from mmgpt.model.build import openflamingo_trainable
 from mmgpt.model.flamingo import Flamingo
 from mmgpt.train.config import OptimizerConfig, Trainable
 
@@ -15,7 +15,7 @@ from mmgpt.train.config import OptimizerConfig, Trainable
 def make_trainable(model: Flamingo, trainable: Trainable, lora: LoraConfig) -> dict[str, int]:
     """Set ``requires_grad`` for ``trainable`` and return the trainable-parameter table by group.
 
-    The vision encoder never trains. Trainable parameters are kept in fp32 whatever the model's dtype: the
+    The vision encoder trains only with "all". Trainable parameters are kept in fp32 whatever the model's dtype: the
     optimiser state and the small updates of LoRA need the precision (compute still runs in the autocast dtype).
     """
     if trainable == "lora":
@@ -24,12 +24,11 @@ def make_trainable(model: Flamingo, trainable: Trainable, lora: LoraConfig) -> d
         apply_lora(model, lora)
     elif trainable == "openflamingo":
         openflamingo_trainable(model)
-    elif trainable == "full":
-        freeze(model.vision_encoder)
+    elif trainable in ("full", "all"):
         for name, p in model.named_parameters():
-            p.requires_grad_(not name.startswith("vision_encoder."))
+            p.requires_grad_(trainable == "all" or not name.startswith("vision_encoder."))
     else:
-        raise ValueError(f"trainable must be 'lora', 'openflamingo' or 'full', got {trainable!r}")
+        raise ValueError(f"trainable must be 'lora', 'openflamingo', 'full' or 'all', got {trainable!r}")
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
@@ -46,8 +45,10 @@ def check_trainable_set(model: Flamingo, trainable: Trainable) -> None:
     elif trainable == "openflamingo":
         embedding = {n for n, p in model.named_parameters() if p is model.lang_encoder.get_input_embeddings().weight}
         wrong = {n for n in names if not (n.startswith("perceiver.") or ".gated_cross_attn_layer." in n)} - embedding
-    else:
+    elif trainable == "full":
         wrong = {n for n in names if n.startswith("vision_encoder.")}
+    else:
+        wrong = {n for n, p in model.named_parameters() if not p.requires_grad}
     if wrong or not names:
         raise AssertionError(f"trainable set differs from {trainable!r}: {sorted(wrong)[:8]} (or empty)")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from mmgpt.config import ConfigError, ModelConfig, load_yaml
+from mmgpt.config import ConfigError
 from mmgpt.model.flamingo import Flamingo
 from mmgpt.train.checkpoint import latest_checkpoint, list_checkpoints
 from mmgpt.train.config import TrainConfig
@@ -20,26 +20,25 @@ from mmgpt.train.distributed import init_distributed, shutdown
 from mmgpt.train.trainer import Evaluator, Trainer, TrainResult
 
 
-def load_base_model(spec: str, options: Mapping[str, Any] | None = None) -> tuple[Flamingo, PreTrainedTokenizerBase]:
-    """The model a run starts from: our model directory, a model config YAML (fresh random weights, for
-    pretraining; its ``lm.tokenizer`` names the tokenizer folder) or anything ``mmgpt.load`` accepts."""
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
+def load_base_model(
+    spec: str, options: Mapping[str, Any] | None = None, *, init: str = "pretrained"
+) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+    """The model a run starts from (see ``TrainConfig.model`` / ``init``)."""
+    options = dict(options or {})
+    if init == "random":
+        from mmgpt.data.tokenize import load_tokenizer
+        from mmgpt.load import load_preset
         from mmgpt.model.build import build_model
 
-        cfg = load_yaml(ModelConfig, path)
-        if cfg.lm.tokenizer is not None and not Path(cfg.lm.tokenizer).is_absolute():
-            cfg.lm.tokenizer = str(path.parent / cfg.lm.tokenizer)
-        return build_model(cfg)
-    if path.is_dir() and (path / "mmgpt.yaml").is_file() and not options:
-        from mmgpt.model.checkpoints import load_pretrained
+        if "tokenizer" not in options:
+            raise ConfigError("init: random builds a fresh model; name its tokenizer folder in model_options.tokenizer")
+        unknown = sorted(set(options) - {"tokenizer"})
+        if unknown:
+            raise ConfigError(f"init: random takes only model_options.tokenizer, not {unknown}")
+        return build_model(load_preset(spec).model, tokenizer=load_tokenizer(str(options["tokenizer"])))
+    from mmgpt.load import load
 
-        return load_pretrained(path)
-    try:
-        from mmgpt.load import load
-    except ImportError:
-        raise ConfigError(f"model {spec!r}: not a model directory (with mmgpt.yaml) or a model config YAML") from None
-    return load(spec, **dict(options or {}))
+    return load(spec, **options)
 
 
 def prepare_resume(cfg: TrainConfig, resume: bool | str | None) -> Path | None:
@@ -71,7 +70,7 @@ def train(
     checkpoint = prepare_resume(cfg, resume)
     ctx = init_distributed(env or {}, device=cfg.device)
     try:
-        model, tokenizer = load_base_model(cfg.model, cfg.model_options)
+        model, tokenizer = load_base_model(cfg.model, cfg.model_options, init=cfg.init)
         trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=evaluators)
         if checkpoint is not None:
             trainer.resume(checkpoint)

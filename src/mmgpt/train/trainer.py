@@ -342,6 +342,8 @@ class Trainer:
             else:
                 from mmgpt.model.checkpoints import save_pretrained
 
+                self.model.requires_grad_(False)  # a finished model is frozen, like every loaded one
+                self.model.eval()
                 save_pretrained(self.model, self.tokenizer, output)
         barrier(self.ctx)
         return output
