@@ -150,21 +150,27 @@ def test_prompt_text_and_save(chat, tmp_path):
     assert saved["messages"][0]["images"] == ["<in-memory image>"]
 
 
-def test_sessions_with_different_adapters_interleave_without_mixing(tmp_path):
-    import threading
-
+def model_with_adapters(folder, names=("one", "two")):
+    """A tiny "following" model with one random LoRA adapter per name loaded over it, by name."""
     paths = []
-    for seed in (1, 2):
+    for seed, name in enumerate(names, start=1):
         model, _ = tiny_model("llama", "following")
         apply_lora(model)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in lora_parameters(model):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-        paths.append(save_adapter(model, tmp_path / f"adapter{seed}"))
+        paths.append(save_adapter(model, folder / name))
     model, tokenizer = tiny_model("llama", "following")
-    load_named_adapter(model, paths[0], "one")
-    load_named_adapter(model, paths[1], "two")
+    for name, path in zip(names, paths, strict=True):
+        load_named_adapter(model, path, name)
+    return model, tokenizer
+
+
+def test_sessions_with_different_adapters_interleave_without_mixing(tmp_path):
+    import threading
+
+    model, tokenizer = model_with_adapters(tmp_path)
     chat = ChatModel.wrap(model, tokenizer)
     assert chat.adapters == ["one", "two"]
     config = GenerationConfig(max_new_tokens=10)

@@ -13,10 +13,9 @@ import torch
 from PIL import Image
 
 from mmgpt.chat import ChatModel
-from mmgpt.lora import apply_lora, load_named_adapter, lora_parameters, save_adapter
 from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.limits import ServeLimits
-from tests.model.conftest import tiny_model
+from tests.test_chat import model_with_adapters
 
 ADAPTERS = ("one", "two")
 LIMITS = ServeLimits(max_image_pixels=128 * 128, max_images=3, max_active=1, max_waiting=1, queue_timeout_s=30)
@@ -30,19 +29,7 @@ def png(seed: int, size: int = 48) -> bytes:
 
 
 def tiny_chat_model(tmp_path_factory) -> ChatModel:
-    folder = tmp_path_factory.mktemp("adapters")
-    paths = []
-    for seed, name in enumerate(ADAPTERS, start=1):
-        model, _ = tiny_model("llama", "following")
-        apply_lora(model)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in lora_parameters(model):
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-        paths.append(save_adapter(model, folder / name))
-    model, tokenizer = tiny_model("llama", "following")
-    for name, path in zip(ADAPTERS, paths, strict=True):
-        load_named_adapter(model, path, name)
+    model, tokenizer = model_with_adapters(tmp_path_factory.mktemp("adapters"), ADAPTERS)
     return ChatModel.wrap(model, tokenizer, name="tiny", max_image_pixels=LIMITS.max_image_pixels)
 
 
