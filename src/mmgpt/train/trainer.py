@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,9 @@ class Trainer:
         *,
         ctx: DistributedContext | None = None,
         evaluators: dict[str, Evaluator] | None = None,
+        batches: PairedBatches | None = None,
     ) -> None:
+        """``batches`` replaces the batches of ``cfg.data`` (benchmarks feed fixed synthetic batches)."""
         self.cfg, self.tokenizer = cfg, tokenizer
         self.ctx = ctx or DistributedContext(device=model.device)
         self.evaluators = evaluators or {}
@@ -120,7 +122,9 @@ class Trainer:
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
         self.wrapped = wrap_model(model, self.ctx, cfg.distributed)
-        self.batches = build_training_batches(cfg.data, tokenizer, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.batches = batches or build_training_batches(
+            cfg.data, tokenizer, rank=self.ctx.rank, world_size=self.ctx.world_size
+        )
         self.total = total_steps(cfg, self.batches)
         self.optimizer = build_optimizer(model, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, total_steps=self.total, cfg=cfg.optimizer)
@@ -189,7 +193,7 @@ class Trainer:
                 loss.backward()
         return loss_vl.detach(), None if loss_lo is None else loss_lo.detach()
 
-    def _optimizer_step(self, stream) -> tuple[dict[str, float], dict[str, Any]]:
+    def train_step(self, stream: Iterator[PairedBatch]) -> tuple[dict[str, float], dict[str, Any]]:
         """One optimiser step; returns its metrics and the data position after it."""
         accumulation = self.cfg.gradient_accumulation
         # [vl loss sum, vl count, lo loss sum, lo count, samples, trained tokens] summed over micro-steps and ranks
@@ -302,7 +306,7 @@ class Trainer:
         started, samples = time.perf_counter(), 0
         try:
             while self.step < self.total:
-                metrics, data_state = self._optimizer_step(stream)
+                metrics, data_state = self.train_step(stream)
                 samples += metrics["samples"]
                 elapsed = time.perf_counter() - started
                 metrics["samples_per_s"] = samples / elapsed
