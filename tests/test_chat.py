@@ -190,3 +190,23 @@ def test_sessions_with_different_adapters_interleave_without_mixing(tmp_path):
     assert got == alone
     with pytest.raises(ValueError, match="no adapter named 'three'"):
         ChatSession(chat, adapter="three")
+
+
+def test_terminal_chat_reads_a_pipe_and_prints_only_answers(chat, tmp_path):
+    import io
+
+    from mmgpt.commands.chat import chat_loop
+
+    image = tmp_path / "picture.png"
+    picture(1).save(image)
+    script = (
+        f"/image {image}\ndescribe\n/undo\n/image {tmp_path / 'missing.png'}\ndescribe\n/save {tmp_path / 'c.json'}\n"
+    )
+    out = io.StringIO()
+    session = ChatSession(chat)
+    status = chat_loop(session, GREEDY, io.StringIO(script), out, interactive=False)
+    expected = ChatSession(chat).ask("describe", images=[picture(1)], config=GREEDY).text
+    plain = ChatSession(chat).ask("describe", config=GREEDY).text
+    assert status == 1  # the missing image was reported (on stderr) and the chat went on
+    assert out.getvalue() == f"{expected}\n{plain}\n"
+    assert json.loads((tmp_path / "c.json").read_text())["messages"][0]["text"] == "describe"

@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", default=[], metavar="FILE", help="attach to the first message")
     parser.add_argument("--adapter", default=None, metavar="PATH", help="a LoRA adapter (peft folder) to chat with")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         adapters = {"adapter": args.adapter} if args.adapter else {}
-        chat_model = load_chat_model(args.model, adapters=adapters, device=args.device)
+        chat_model = load_chat_model(args.model, adapters=adapters, device=args.device, dtype=args.dtype)
         config = GenerationConfig(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
         )

@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--web-path", default="/", help="where the browser demo lives (default /)")
     parser.add_argument("--no-web", action="store_true", help="serve the API only")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)")
     parser.add_argument("--allow-image-urls", action="store_true", help="fetch http(s) image URLs (off: data: only)")
     parser.add_argument("--max-images", type=int, default=8, help="images per request")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="decoded pixels per image")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             adapters=parse_adapters(args.adapter),
             device=args.device,
+            dtype=args.dtype,
             max_image_pixels=limits.max_image_pixels,
         )
     except (ValueError, FileNotFoundError) as error:

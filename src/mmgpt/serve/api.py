@@ -76,7 +76,6 @@ def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def unknown(rest: str) -> JSONResponse:
         # Without this, a demo mounted at "/" would answer unknown /v1 paths with its own 404 shape.

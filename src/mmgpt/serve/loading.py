@@ -1,9 +1,8 @@
 """``--model PATH_OR_PRESET`` for ``mmgpt chat`` and ``mmgpt serve``: the model, its adapters, one ChatModel.
 
-``load_model`` is the one place that turns the argument into a model. It accepts our model directory
-(``mmgpt.model.checkpoints.save_pretrained``) and the preset ``tiny-random`` (the randomly initialised tiny model
-of ``mmgpt demo``, so the commands run without weights). When ``mmgpt.load(path_or_preset, dtype=, device=)``
-lands, ``load_model`` should call it instead and these two branches go.
+``load_model`` is the one place that turns the argument into a model: ``tiny-random`` builds the randomly
+initialised tiny model of ``mmgpt demo`` (the commands run without weights); anything else goes to
+:func:`mmgpt.load.load` (a directory saved by mmgpt or ``mmgpt export``, or a preset).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.chat import ChatModel
@@ -22,23 +20,18 @@ from mmgpt.model.flamingo import Flamingo
 TINY_RANDOM = "tiny-random"
 
 
-def load_model(
-    spec: str, *, device: str = "cpu", dtype: torch.dtype | None = None
-) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+def load_model(spec: str, *, device: str = "cpu", dtype: str | None = None) -> tuple[Flamingo, PreTrainedTokenizerBase]:
     if spec == TINY_RANDOM:
         from mmgpt.demo import tiny_random_model
+        from mmgpt.load import dtype_name
+        from mmgpt.model.build import DTYPES
 
         model, tokenizer = tiny_random_model(0)
-    elif Path(spec).is_dir():
-        from mmgpt.model.checkpoints import load_pretrained
+        dtype = dtype_name(dtype)
+        return model.to(device=device, dtype=DTYPES[dtype] if dtype else None).eval(), tokenizer
+    from mmgpt.load import load
 
-        model, tokenizer = load_pretrained(spec)
-    else:
-        raise ValueError(
-            f"--model {spec!r} is neither a model directory (written by mmgpt.model.checkpoints.save_pretrained) nor "
-            f"a preset; presets: {TINY_RANDOM}"
-        )
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
+    return load(spec, dtype=dtype, device=device)
 
 
 def parse_adapters(specs: Sequence[str]) -> dict[str, str]:
@@ -57,13 +50,13 @@ def load_chat_model(
     *,
     adapters: dict[str, str] | None = None,
     device: str = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: str | None = None,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ChatModel:
     """The model of ``spec`` with each named adapter loaded beside the others over the shared base."""
     model, tokenizer = load_model(spec, device=device, dtype=dtype)
     for name, path in (adapters or {}).items():
         load_named_adapter(model, path, name)
-    model.to(device=device, dtype=dtype)
+    model.to(device=device, dtype=next(model.parameters()).dtype)  # adapters join the base's device and dtype
     name = TINY_RANDOM if spec == TINY_RANDOM else Path(spec).name
     return ChatModel.wrap(model, tokenizer, name=name, max_image_pixels=max_image_pixels)
