@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmgpt.lora import ADAPTER_WEIGHTS_FILE, PEFT_PREFIX, save_adapter, set_lora_state
+from mmgpt.lora import ADAPTER_WEIGHTS_FILE, read_adapter, save_adapter, set_lora_state
 from mmgpt.model.flamingo import Flamingo
 
 CHECKPOINTS = "checkpoints"
@@ -82,9 +82,8 @@ def write_weights(model: Flamingo, folder: Path, *, lora: bool) -> None:
 def read_weights(model: Flamingo, folder: Path, *, lora: bool) -> None:
     """Load a checkpoint's trained weights into ``model`` (whose trainable set is already in place)."""
     if lora:
-        path = folder / ADAPTER_DIR / ADAPTER_WEIGHTS_FILE
-        state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(path)).items()}
-        set_lora_state(model, state, source=str(path))
+        _, state = read_adapter(folder / ADAPTER_DIR)
+        set_lora_state(model, state, source=str(folder / ADAPTER_DIR / ADAPTER_WEIGHTS_FILE))
         return
     state = load_file(str(folder / TRAINABLE_FILE))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
