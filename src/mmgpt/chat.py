@@ -32,7 +32,7 @@ from mmgpt.data.conversation import Conversation, ImageRef, Message
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
 from mmgpt.data.templates import render_text
 from mmgpt.data.tokenize import tokenize_prompt
-from mmgpt.generate import GenerationConfig, _RowText, _stop_ids, _suppressed, next_tokens
+from mmgpt.generate import GenerationConfig, RowText, next_tokens, stop_ids_of, suppressed_ids
 from mmgpt.lora import adapter_names, lora_layers, select_adapter
 from mmgpt.model.cross_attention import attend_index
 from mmgpt.model.flamingo import Flamingo, FlamingoCache, FlamingoOutput
@@ -322,11 +322,10 @@ class ChatSession:
 
     def _stream(self, turn: Turn, ids: list[int], images: tuple[str, ...], config: GenerationConfig) -> Iterator[str]:
         tokenizer = self.chat_model.tokenizer
-        stop_ids = _stop_ids(tokenizer, config)
-        suppress = _suppressed(self.chat_model.model, stop_ids)
-        text = _RowText(tokenizer, config.stop_strings)
+        stop_ids = stop_ids_of(tokenizer, config)
+        suppress = suppressed_ids(self.chat_model.model, stop_ids)
+        text = RowText(tokenizer, config.stop_strings)
         generated: list[int] = []
-        shown = ""
         finish: FinishReason = "cancelled"
         reused = 0
         try:
@@ -345,10 +344,8 @@ class ChatSession:
                     break
                 generated.append(token)
                 text.update(generated)
-                safe = text.safe()
-                if len(safe) > len(shown) and safe.startswith(shown):
-                    yield safe[len(shown) :]
-                    shown = safe
+                if delta := text.delta():
+                    yield delta
                 if text.stopped:
                     finish = "stop"
                     break
@@ -357,8 +354,8 @@ class ChatSession:
                     break
                 seen = torch.cat([seen, seen.new_tensor([[token]])], dim=1)
                 logits = self._run([token])
-            if text.text != shown and text.text.startswith(shown):
-                yield text.text[len(shown) :]
+            if rest := text.remainder():
+                yield rest
         finally:
             # Recorded also when the caller stops early (a closed stream): the history stays a valid chat.
             turn.answer = text.text.strip()

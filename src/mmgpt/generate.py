@@ -184,14 +184,16 @@ def decode_tokens(
         logits, cache = out.logits[:, -1], out.cache
 
 
-class _RowText:
-    """Decoded text of one row, with the part that is safe to show (no half character, no partial stop string)."""
+class RowText:
+    """Decoded text of one row, with the part that is safe to show (no half character, no partial stop string)
+    and, for streaming, the part already shown."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):
         self.tokenizer = tokenizer
         self.stop_strings = tuple(s for s in stop_strings if s)
         self.text = ""
         self.stopped = False
+        self.shown = ""
 
     def update(self, token_ids: list[int]) -> None:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -214,12 +216,27 @@ class _RowText:
                     break
         return text[: len(text) - hold]
 
+    def delta(self) -> str:
+        """Text that became final since the last call ("" when none); the streamed pieces join to the text."""
+        safe = self.safe()
+        if len(safe) > len(self.shown) and safe.startswith(self.shown):
+            new, self.shown = safe[len(self.shown) :], safe
+            return new
+        return ""
 
-def _stop_ids(tokenizer: PreTrainedTokenizerBase, config: GenerationConfig) -> set[int]:
+    def remainder(self) -> str:
+        """After the last token: what is left to show (a held-back suffix that turned out not to be a stop)."""
+        if self.text != self.shown and self.text.startswith(self.shown):
+            new, self.shown = self.text[len(self.shown) :], self.text
+            return new
+        return ""
+
+
+def stop_ids_of(tokenizer: PreTrainedTokenizerBase, config: GenerationConfig) -> set[int]:
     return {tokenizer.eos_token_id, *config.stop_token_ids} - {None}
 
 
-def _suppressed(model: Flamingo, stop_ids: set[int]) -> list[int]:
+def suppressed_ids(model: Flamingo, stop_ids: set[int]) -> list[int]:
     """Never generate an ``<image>`` placeholder or padding (unless padding is also a stop token)."""
     return [t for t in {model.special.image, model.special.pad} if t not in stop_ids]
 
@@ -243,7 +260,7 @@ def _decode_prompts(
         image_counts=counts,
         config=config,
         stop_ids=stop_ids,
-        suppress_ids=_suppressed(model, stop_ids),
+        suppress_ids=suppressed_ids(model, stop_ids),
         should_stop=should_stop,
     )
 
@@ -264,8 +281,8 @@ def generate(
     images = [None] * len(prompts) if images is None else list(images)
     if len(images) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but images for {len(images)} rows")
-    stop_ids = _stop_ids(tokenizer, config)
-    texts = [_RowText(tokenizer, config.stop_strings) for _ in range(len(prompts) * config.num_return_sequences)]
+    stop_ids = stop_ids_of(tokenizer, config)
+    texts = [RowText(tokenizer, config.stop_strings) for _ in range(len(prompts) * config.num_return_sequences)]
 
     def hit_stop_string(row: int, tokens: list[int]) -> bool:
         texts[row].update(tokens)
@@ -303,19 +320,16 @@ def stream(
     config = config or GenerationConfig()
     if config.num_return_sequences != 1:
         raise ValueError("stream() produces one sequence; use generate() for num_return_sequences > 1")
-    stop_ids = _stop_ids(tokenizer, config)
-    text = _RowText(tokenizer, config.stop_strings)
+    stop_ids = stop_ids_of(tokenizer, config)
+    text = RowText(tokenizer, config.stop_strings)
     tokens: list[int] = []
-    shown = ""
     should_stop = (lambda _row, ids: (text.update(ids), text.stopped)[1]) if config.stop_strings else None
     for step, _ in _decode_prompts(model, [prompt], [images], config, stop_ids, should_stop):
         token = int(step[0])
         if token >= 0 and token not in stop_ids:
             tokens.append(token)
             text.update(tokens)
-        safe = text.safe()
-        if len(safe) > len(shown) and safe.startswith(shown):
-            yield safe[len(shown) :]
-            shown = safe
-    if text.text != shown and text.text.startswith(shown):
-        yield text.text[len(shown) :]
+        if delta := text.delta():
+            yield delta
+    if rest := text.remainder():
+        yield rest
