@@ -171,3 +171,22 @@ def test_pretraining_from_random_weights_trains_every_part(train_config, tmp_pat
         train(
             load_train_config({**train_config, "model": str(tmp_path / "tiny.yaml"), "init": "random", "run_dir": "x"})
         )
+
+
+def test_world_generation_metrics_pick_the_best_checkpoint(train_config, tmp_path):
+    from mmgpt.data.world.config import WorldConfig
+    from mmgpt.data.world.write import generate_world
+
+    world = tmp_path / "world"
+    generate_world(world, WorldConfig(scenes=2, heldout=2, language=2, heldout_language=2))
+    cfg = load_train_config(
+        train_config,
+        [f"validation.world={world}", "validation.world_scenes=1", "validation.every=2", "validation.metric=world_shape",
+         "validation.mode=max", "max_steps=4"],
+    )  # fmt: skip
+    train(cfg)
+    val = [r for r in records(tmp_path / "run") if "world_shape" in r]
+    assert [r["step"] for r in val] == [2, 4]
+    assert all(0.0 <= r["world_language"] <= 1.0 and "world_detail_words" in r for r in val)
+    best = max(val, key=lambda r: (r["world_shape"], -r["step"]))["step"]
+    assert load_trainer_state(tmp_path / "run" / "best").step == best

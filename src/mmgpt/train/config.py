@@ -50,13 +50,18 @@ class OptimizerConfig:
 
 @dataclass
 class ValidationConfig:
-    """Held-out loss every ``every`` optimiser steps over the first ``batches`` batches of ``data`` (the same
-    batches each time). ``keep_best`` copies the checkpoint with the lowest ``metric`` to ``best/``."""
+    """Every ``every`` optimiser steps: the held-out loss over the first ``batches`` batches of ``data`` (the same
+    batches each time) and, with ``world`` (a folder of ``mmgpt world generate``), the generation metrics of its
+    first ``world_scenes`` held-out scenes (``world_colour``, ``world_language``, ...: see docs/world.md).
+    ``keep_best`` copies the checkpoint with the best ``metric`` (``mode`` min or max) to ``best/``."""
 
     data: DataConfig | None = None
+    world: str | None = None
+    world_scenes: int = 20
     every: int = 0  # 0: only at the end
     batches: int = 20
-    metric: str = "val_loss"  # lower is better; any key the validation reports
+    metric: str = "val_loss"  # any key the validation reports
+    mode: Literal["min", "max"] = "min"
     keep_best: bool = True
 
 

@@ -63,6 +63,23 @@ class TrainResult:
     trainable: dict[str, int] = field(default_factory=dict)
 
 
+def world_evaluator(world: str, scenes: int) -> Evaluator:
+    """The generated world's generation metrics as flat figures: colour, shape, count, position, word, reasoning
+    accuracy; language accuracy; description precision/recall; mean detailed-description words."""
+    from mmgpt.evaluate.runner import evaluate_world
+
+    def evaluate(model: Flamingo, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        r = evaluate_world(model, tokenizer, world, limit=scenes)
+        figures = {kind: float(v) for kind, v in r["accuracy"].items() if v is not None}
+        figures["language"] = float(r["language"]["accuracy"])
+        figures.update({k: float(v) for k, v in r["description"].items() if isinstance(v, (int, float))})
+        if "detail" in r["response_length"]:
+            figures["detail_words"] = float(r["response_length"]["detail"])
+        return figures
+
+    return evaluate
+
+
 def total_steps(cfg: TrainConfig, batches: PairedBatches) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
@@ -108,7 +125,9 @@ class Trainer:
         """``batches`` replaces the batches of ``cfg.data`` (benchmarks feed fixed synthetic batches)."""
         self.cfg, self.tokenizer = cfg, tokenizer
         self.ctx = ctx or DistributedContext(device=model.device)
-        self.evaluators = evaluators or {}
+        self.evaluators = dict(evaluators or {})
+        if cfg.validation.world is not None:
+            self.evaluators.setdefault("world", world_evaluator(cfg.validation.world, cfg.validation.world_scenes))
         self.run_dir = Path(cfg.run_dir)
         torch.manual_seed(cfg.seed)  # the same fresh LoRA weights on every rank and in every attempt
         self.trainable = make_trainable(model, cfg.trainable, cfg.lora)
@@ -320,7 +339,11 @@ class Trainer:
                     results = self.validate()
                     progress.log({"step": self.step, **results})
                     metric = results.get(cfg.validation.metric)
-                    if metric is not None and (self.best is None or metric < self.best):
+                    better = metric is not None and (
+                        self.best is None
+                        or (metric < self.best if cfg.validation.mode == "min" else metric > self.best)
+                    )
+                    if better:
                         self.best = metric
                         if cfg.validation.keep_best and self.ctx.is_main:
                             keep_best(self.run_dir, checkpoint or self._checkpoint(data_state, metrics))
