@@ -109,7 +109,6 @@ class TrainConfig:
     precision: Precision = "fp32"
     gradient_checkpointing: bool = False
     device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu
-    distributed: Literal["ddp", "fsdp"] = "ddp"
     seed: int = 0
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)

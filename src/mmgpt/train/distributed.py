@@ -1,4 +1,4 @@
-"""Distributed training: the process group from torchrun's environment, DDP / FSDP wrapping, reductions.
+"""Distributed training: the process group from torchrun's environment, DDP wrapping, reductions.
 
 The same `mmgpt train` runs alone or under ``torchrun --nproc-per-node N``. Every rank builds the same model
 with the same seed (so fresh LoRA weights agree), reads its own shard of the data, and DDP averages the
@@ -62,22 +62,14 @@ def shutdown(ctx: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, ctx: DistributedContext, kind: str) -> nn.Module:
-    """DDP (or FSDP2 ``fully_shard`` per decoder layer) around ``model``; the model itself when alone."""
+def wrap_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
+    """DDP around ``model``; the model itself when alone. (Sharding the frozen base - FSDP - is not supported:
+    with LoRA only the adapter's gradients and optimiser state are per-GPU costs, and the bf16 base of
+    MultiModal-GPT, 16.4 GB, fits one 24 GB+ GPU.)"""
     if not ctx.enabled:
         return model
-    if kind == "ddp":
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if kind == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        layers = model.lang_encoder.get_submodule(model.decoder_layers_path)
-        for layer in layers:
-            fully_shard(layer)
-        fully_shard(model)
-        return model
-    raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {kind!r}")
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 @contextlib.contextmanager

@@ -140,7 +140,7 @@ class Trainer:
             else:
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
-        self.wrapped = wrap_model(model, self.ctx, cfg.distributed)
+        self.wrapped = wrap_model(model, self.ctx)
         self.batches = batches or build_training_batches(
             cfg.data, tokenizer, rank=self.ctx.rank, world_size=self.ctx.world_size
         )
