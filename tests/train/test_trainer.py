@@ -181,8 +181,8 @@ def test_world_generation_metrics_pick_the_best_checkpoint(train_config, tmp_pat
     generate_world(world, WorldConfig(scenes=2, heldout=2, language=2, heldout_language=2))
     cfg = load_train_config(
         train_config,
-        [f"validation.world={world}", "validation.world_scenes=1", "validation.every=2", "validation.metric=world_shape",
-         "validation.mode=max", "max_steps=4"],
+        [f"validation.world={world}", "validation.world_scenes=1", "validation.every=2",
+         "validation.metric=world_shape", "validation.mode=max", "max_steps=4"],
     )  # fmt: skip
     train(cfg)
     val = [r for r in records(tmp_path / "run") if "world_shape" in r]
