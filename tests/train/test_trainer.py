@@ -190,3 +190,12 @@ def test_world_generation_metrics_pick_the_best_checkpoint(train_config, tmp_pat
     assert all(0.0 <= r["world_language"] <= 1.0 and "world_detail_words" in r for r in val)
     best = max(val, key=lambda r: (r["world_shape"], -r["step"]))["step"]
     assert load_trainer_state(tmp_path / "run" / "best").step == best
+
+
+def test_gate_init_opens_every_gate_before_training(train_config, tiny_model_dir):
+    from mmgpt.train.run import load_base_model
+    from mmgpt.train.trainer import Trainer
+
+    model, tokenizer = load_base_model(str(tiny_model_dir))
+    Trainer(load_train_config(train_config, ["gate_init=0.25"]), model, tokenizer)
+    assert {float(g) for b in model.gated_blocks().values() for g in (b.attn_gate, b.ff_gate)} == {0.25}

@@ -99,6 +99,10 @@ class TrainConfig:
     run_dir: str
     model_options: dict[str, Any] = field(default_factory=dict)
     init: Literal["pretrained", "random"] = "pretrained"
+    # Set every tanh gate to this before training. Fresh gates are 0 so a pretrained LM starts unchanged; but a
+    # ViT trained from scratch learns only through the gates (its gradients are scaled by tanh(gate)), so
+    # pretraining from random weights needs them open (e.g. 1.0), or the model learns to ignore its images.
+    gate_init: float | None = None
     trainable: Trainable = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -130,6 +130,11 @@ class Trainer:
             self.evaluators.setdefault("world", world_evaluator(cfg.validation.world, cfg.validation.world_scenes))
         self.run_dir = Path(cfg.run_dir)
         torch.manual_seed(cfg.seed)  # the same fresh LoRA weights on every rank and in every attempt
+        if cfg.gate_init is not None:
+            with torch.no_grad():
+                for block in model.gated_blocks().values():
+                    block.attn_gate.fill_(cfg.gate_init)
+                    block.ff_gate.fill_(cfg.gate_init)
         self.trainable = make_trainable(model, cfg.trainable, cfg.lora)
         model.to(self.ctx.device)
         if cfg.gradient_checkpointing:
