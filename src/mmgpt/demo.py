@@ -1,96 +1,127 @@
-"""`make demo` / `mmgpt demo`: the whole chat path end to end on the machine at hand.
+"""`mmgpt demo`: MultiModal-GPT's recipe end to end on the embedded default, in minutes on a CPU.
 
-Until the embedded default (a pretrained tiny OpenFlamingo and its instruction tuning) exists, this builds a
-RANDOMLY INITIALISED tiny model and says so: it shows every stage working - tokenizer with the special tokens,
-CLIP preprocessing, ViT -> perceiver -> gated cross-attention, the paper's prompt template, a two-turn chat with
-cached streaming generation - not a model that knows anything.
+1. write a fresh generated world (tuning data in the published formats + held-out scenes);
+2. load the tiny pretrained OpenFlamingo shipped with the package (frozen);
+3. evaluate it on the held-out scenes;
+4. instruction-tune it the paper's way: LoRA on self-attention, cross-attention and the cross-attention
+   feed-forward, one vision-language and one language-only batch per step, loss on responses only;
+5. evaluate again and print both, with the issue's targets;
+6. chat with the tuned model about an image it has never seen, several turns, reusing its cache.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from rich.console import Console
 
-from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
-from mmgpt.data.conversation import Conversation, Message
-from mmgpt.data.images import ImageTransform
-from mmgpt.data.templates import HEADER
-from mmgpt.data.tokenize import tokenize_prompt
-from mmgpt.generate import GenerationConfig, stream
-from mmgpt.model.build import build_model
-from mmgpt.tokens import train_tokenizer
+from mmgpt.config import LoraConfig
+from mmgpt.data.world.config import WorldConfig
+from mmgpt.data.world.write import generate_world, world_data_config
+from mmgpt.embedded import tiny_world_path
+from mmgpt.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, TrainConfig
 
-WORDS = (
-    "a the red green blue yellow circle square triangle above below left right of is are there two three "
-    "shapes image picture color what where how many describe"
-)
+CHAT = ("What do you see in the image?", "What colour is the {shape}?", "How many shapes are there?")
 
 
-def demo_image(size: int = 96) -> Image.Image:
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((10, 10, 40, 40), fill="red")
-    draw.rectangle((50, 55, 85, 90), fill="blue")
-    return image
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("build/demo")
+    seed: int = 0
+    steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 8
+    eval_scenes: int = 40
+    eval_language: int = 40
+    threads: int | None = None
 
 
-def tiny_random_model(seed: int):
-    torch.manual_seed(seed)
-    corpus = [HEADER, "### Image:\n### Instruction:\n### Response:\n", WORDS] * 4
-    tokenizer = train_tokenizer(corpus, vocab_size=400)
-    cfg = ModelConfig(
-        vision=VisionConfig(image_size=64, patch_size=8, width=64, layers=2, heads=4, mlp_dim=128),
-        perceiver=PerceiverConfig(depth=2, heads=4, dim_head=16, num_latents=16),
-        cross_attention=CrossAttentionConfig(every_n_layers=2, heads=4, dim_head=16, media_mask="following"),
-        lm=LanguageModelConfig(
-            hf_config=dict(
-                model_type="llama",
-                hidden_size=128,
-                intermediate_size=256,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                vocab_size=len(tokenizer),
-            )
-        ),
+def tuning_config(cfg: DemoConfig, world: Path, base: Path) -> TrainConfig:
+    """The paper's recipe (LoRA r=16, alpha=16 on its targets; AdamW, warmup + cosine, clip 1.0) with a learning
+    rate and length for a 3M-parameter model on a CPU (the paper: lr 1e-5 for 9B parameters on 8 GPUs)."""
+    data = replace(world_data_config(world), batch_size=cfg.batch_size, language_batch_size=cfg.batch_size)
+    return TrainConfig(
+        model=str(base),
+        data=data,
+        run_dir=str(cfg.out / "run"),
+        trainable="lora",
+        lora=LoraConfig(),
+        optimizer=OptimizerConfig(lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20)),
+        max_steps=cfg.steps,
+        seed=cfg.seed,
+        checkpoint=CheckpointConfig(every=0, keep_last=1),
+        logging=LoggingConfig(every=max(1, cfg.steps // 10)),
     )
-    model, tokenizer = build_model(cfg, tokenizer=tokenizer)
-    with torch.no_grad():  # random gates, so the image really changes the output
-        for block in model.gated_blocks().values():
-            block.attn_gate.fill_(0.5)
-            block.ff_gate.fill_(0.5)
-    return model, tokenizer
 
 
-def run_demo(*, seed: int = 0) -> int:
-    print("mmgpt demo: the embedded default (a pretrained tiny model) is not built yet, so this runs the whole")
-    print("chat path on a RANDOMLY INITIALISED tiny model. Expect gibberish answers; the point is the pipeline.\n")
-    start = time.perf_counter()
-    model, tokenizer = tiny_random_model(seed)
+def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> int:
+    from mmgpt.chat import ChatModel, ChatSession
+    from mmgpt.data.world.describe import dense_caption
+    from mmgpt.data.world.render import render_scene
+    from mmgpt.data.world.scene import sample_scene
+    from mmgpt.evaluate.report import print_results
+    from mmgpt.evaluate.runner import evaluate_world
+    from mmgpt.generate import GenerationConfig
+    from mmgpt.load import load
+    from mmgpt.lora import load_adapter
+    from mmgpt.train.run import train
+
+    console = console or Console()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    base = tiny_world_path()
+    world = cfg.out / "world"
+    console.rule("1. a generated world")
+    model, tokenizer = load(base)
+    manifest = generate_world(
+        world, WorldConfig(seed=1000 + cfg.seed, scenes=600, heldout=cfg.eval_scenes), tokenizer=tokenizer
+    )
+    console.print(f"wrote {world}: {manifest['counts']}")
     n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"built a tiny Flamingo ({n_params / 1e6:.2f}M parameters, LLaMA decoder with gated cross-attention at "
-        f"layers {model.block_layers}, media mask {model.config.cross_attention.media_mask!r}) "
-        f"in {time.perf_counter() - start:.1f} s"
+    console.rule("2. the tiny pretrained OpenFlamingo, before tuning")
+    console.print(
+        f"{base}: {n_params / 1e6:.2f}M parameters, gated cross-attention before decoder layers "
+        f"{model.block_layers}, media mask {model.config.cross_attention.media_mask!r}"
     )
-    transform = ImageTransform(size=model.vision_encoder.image_size)
-    config = GenerationConfig(max_new_tokens=24, temperature=0.7, top_p=0.9, seed=seed, stop_strings=("\n###",))
-    conversation = Conversation([Message("user", "What do you see in this image?", images=[demo_image()])])
-    for question in (None, "What color is the circle?"):
-        if question is not None:
-            conversation = conversation.with_user_turn(question)
-        sample = tokenize_prompt(conversation, tokenizer)
-        pixels = torch.stack([transform(image) for image in sample.images]) if sample.images else None
-        attached = " [image attached]" if conversation.messages[-1].images else ""
-        print(f"\nUser: {conversation.messages[-1].text}{attached}")
-        print("Assistant: ", end="", flush=True)
-        t0 = time.perf_counter()
-        answer = ""
-        for delta in stream(model, tokenizer, sample.input_ids, images=pixels, config=config):
-            answer += delta
-            print(delta, end="", flush=True)
-        print(f"\n  ({len(sample.input_ids)} prompt tokens, {time.perf_counter() - t0:.2f} s)")
-        conversation = conversation.with_answer(answer.strip())
-    print("\nNext: `make test` runs the test suite; `python bench/generate.py` measures cached decoding.")
+    limits = dict(limit=cfg.eval_scenes)
+    before = evaluate_world(model, tokenizer, world, **limits)
+    console.rule("3. MultiModal-GPT's recipe: frozen base, LoRA, joint vision-language + language-only tuning")
+    run_dir = cfg.out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    result = train(tuning_config(cfg, world, base), progress_stream=None)
+    console.rule("4. after tuning (held-out scenes and language tasks)")
+    tuned, tokenizer = load(base)
+    load_adapter(tuned, result.output)
+    after = evaluate_world(tuned, tokenizer, world, **limits)
+    print_results({"base": before, "tuned": after}, console)
+
+    console.rule("5. a chat about a new image")
+    scene = sample_scene(f"demo:{cfg.seed}", id="demo")
+    image_path = cfg.out / "new-image.png"
+    render_scene(scene).save(image_path)
+    session = ChatSession(ChatModel.wrap(tuned, tokenizer))
+    generation = GenerationConfig(max_new_tokens=96, stop_strings=("\n###",))
+    shape = scene.shapes[0].kind
+    for i, question in enumerate(CHAT):
+        text = question.format(shape=shape)
+        console.print(f"[bold]User:[/bold] {text}" + (f"  [dim][image {image_path}][/dim]" if i == 0 else ""))
+        console.print("[bold]Assistant:[/bold] ", end="")
+        for delta in session.send(text, images=[image_path] if i == 0 else [], config=generation):
+            console.print(delta, end="", markup=False, highlight=False)
+        console.print()
+    console.print(f"[dim](the image really shows: {dense_caption(scene)})[/dim]", highlight=False)
+    console.rule("next")
+    adapter = result.output
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s. Chat with the tuned model yourself:")
+    console.print(f"  .venv/bin/mmgpt chat --model {base} --adapter {adapter} --image {image_path}")
+    console.print(
+        f"  .venv/bin/mmgpt serve --model {base} --adapter tuned={adapter}   # web demo on http://127.0.0.1:8000/"
+    )
+    console.print(f"evaluate again: .venv/bin/mmgpt eval --model {base} --adapter {adapter} --world {world}")
     return 0

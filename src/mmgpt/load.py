@@ -25,6 +25,7 @@ import yaml
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from mmgpt.config import ConfigError, LoraConfig, ModelConfig, closest, from_dict
+from mmgpt.embedded import TINY_WORLD_NAME, tiny_world_path
 from mmgpt.model.build import DTYPES, build_model, hf_source
 from mmgpt.model.checkpoints import CONFIG_FILE, load_multimodal_gpt_lora, load_openflamingo_checkpoint, load_pretrained
 from mmgpt.model.flamingo import Flamingo
@@ -120,7 +121,8 @@ def load(
 ) -> tuple[Flamingo, PreTrainedTokenizerBase]:
     """Build a ready model (eval mode, frozen) and its tokenizer.
 
-    ``source``: a preset name or model YAML (then ``lm``, ``clip`` and ``checkpoint`` are required, and ``lora``
+    ``source``: ``"tiny-world"`` (the embedded default, shipped pretrained),
+    or a preset name or model YAML (then ``lm``, ``clip`` and ``checkpoint`` are required, and ``lora``
     when the preset names an adapter), or a directory saved by mmgpt (self-contained; ``lora`` may add an adapter).
     ``lm``: the LM's HF directory (its tokenizer too, unless ``tokenizer`` is given); ``clip``: a HF CLIP (vision)
     directory; ``checkpoint``: OpenFlamingo's ``checkpoint.pt``; ``lora``: MultiModal-GPT's LoRA ``.pt`` or a peft
@@ -132,6 +134,8 @@ def load(
     if device_map is not None and torch.device(device).type != "cpu":
         raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
     saved = Path(source)
+    if str(source) == TINY_WORLD_NAME and not (lm or clip or checkpoint):
+        saved = tiny_world_path()  # the one preset whose weights ship with the package (the embedded default)
     if saved.is_dir():
         if not (saved / CONFIG_FILE).is_file():
             raise FileNotFoundError(

@@ -60,7 +60,7 @@ def test_upload_an_image_ask_and_see_a_streamed_answer(browser, chat_model, tmp_
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from mmgpt.demo import demo_image
+    from mmgpt.tiny_random import demo_image
 
     image = tmp_path / "shapes.png"
     demo_image(120).save(image)

@@ -1,7 +1,7 @@
 """``--model PATH_OR_PRESET`` for ``mmgpt chat`` and ``mmgpt serve``: the model, its adapters, one ChatModel.
 
 ``load_model`` is the one place that turns the argument into a model: ``tiny-random`` builds the randomly
-initialised tiny model of ``mmgpt demo`` (the commands run without weights); anything else goes to
+initialised tiny model of ``mmgpt.tiny_random`` (the commands run without weights); anything else goes to
 :func:`mmgpt.load.load` (a directory saved by mmgpt or ``mmgpt export``, or a preset).
 """
 
@@ -22,9 +22,9 @@ TINY_RANDOM = "tiny-random"
 
 def load_model(spec: str, *, device: str = "cpu", dtype: str | None = None) -> tuple[Flamingo, PreTrainedTokenizerBase]:
     if spec == TINY_RANDOM:
-        from mmgpt.demo import tiny_random_model
         from mmgpt.load import dtype_name
         from mmgpt.model.build import DTYPES
+        from mmgpt.tiny_random import tiny_random_model
 
         model, tokenizer = tiny_random_model(0)
         dtype = dtype_name(dtype)

@@ -23,7 +23,7 @@ EXAMPLE_QUESTIONS = ("What do you see in this image?", "What color is the circle
 
 def example_images(folder: Path) -> list[str]:
     """Example pictures written once per server (the embedded default's world will supply its own)."""
-    from mmgpt.demo import demo_image
+    from mmgpt.tiny_random import demo_image
 
     path = folder / "shapes.png"
     demo_image(160).save(path)

@@ -1,0 +1,1 @@
+"""Controlled experiments on the embedded default that reproduce the paper's findings in miniature."""
