@@ -305,6 +305,21 @@ class Trainer:
         return results
 
     # ---------------------------------------------------------------- the run
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.step % every == 0
+
+    def _improves(self, metric: float | None) -> bool:
+        """Whether ``metric`` beats the best so far; the main rank decides (evaluators run only there) and every
+        rank follows, so they all take part in saving the checkpoint."""
+        mode = self.cfg.validation.mode
+        better = metric is not None and (
+            self.best is None or (metric < self.best if mode == "min" else metric > self.best)
+        )
+        flag = all_reduce_sum(torch.tensor([float(better and self.ctx.is_main)]), self.ctx)
+        if better:
+            self.best = metric
+        return bool(flag[0] > 0)
+
     def fit(self, *, progress_stream=None) -> TrainResult:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -335,23 +350,17 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 metrics["samples_per_s"] = samples / elapsed
                 progress.log(metrics)
-                due = lambda every: every and self.step % every == 0  # noqa: E731
                 last = self.step == self.total
                 checkpoint = None
-                if due(cfg.checkpoint.every) or last:
+                if self._due(cfg.checkpoint.every) or last:
                     checkpoint = self._checkpoint(data_state, metrics)
-                if due(cfg.validation.every) or (last and (cfg.validation.data is not None or self.evaluators)):
+                if self._due(cfg.validation.every) or (last and (cfg.validation.data is not None or self.evaluators)):
                     results = self.validate()
                     progress.log({"step": self.step, **results})
-                    metric = results.get(cfg.validation.metric)
-                    better = metric is not None and (
-                        self.best is None
-                        or (metric < self.best if cfg.validation.mode == "min" else metric > self.best)
-                    )
-                    if better:
-                        self.best = metric
-                        if cfg.validation.keep_best and self.ctx.is_main:
-                            keep_best(self.run_dir, checkpoint or self._checkpoint(data_state, metrics))
+                    if self._improves(results.get(cfg.validation.metric)) and cfg.validation.keep_best:
+                        best = checkpoint or self._checkpoint(data_state, metrics)  # every rank takes part
+                        if self.ctx.is_main:
+                            keep_best(self.run_dir, best)
                     metrics.update(results)
         except torch.OutOfMemoryError as error:
             raise TrainingError(
