@@ -10,6 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("build/demo"), help="where the world and the run go")
     parser.add_argument("--steps", type=int, default=300, help="LoRA tuning steps")
+    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
     parser.add_argument("--eval-scenes", type=int, default=40, help="held-out scenes evaluated before and after")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
 
@@ -18,5 +19,12 @@ def run(args: argparse.Namespace) -> int:
     from mmgpt.demo import DemoConfig, run_demo
 
     return run_demo(
-        DemoConfig(out=args.out, seed=args.seed, steps=args.steps, eval_scenes=args.eval_scenes, threads=args.threads)
+        DemoConfig(
+            out=args.out,
+            seed=args.seed,
+            steps=args.steps,
+            lr=args.lr,
+            eval_scenes=args.eval_scenes,
+            threads=args.threads,
+        )
     )
