@@ -40,6 +40,7 @@ from mmgpt.data.tokenize import tokenize_prompt
 from mmgpt.generate import GenerationConfig, generate
 from mmgpt.model.build import build_model
 from mmgpt.tokens import train_tokenizer
+from sizes import SMALL_LLAMA  # bench/ is on sys.path when a benchmark runs
 
 QUESTIONS = [
     ("Describe the image in detail, please.", 1),
@@ -61,16 +62,7 @@ def build_chat_model(media_mask: str) -> ChatModel:
         vision=VisionConfig(image_size=224, patch_size=14, width=1024, layers=1, heads=16, mlp_dim=4096),
         perceiver=PerceiverConfig(depth=2, num_latents=64),
         cross_attention=CrossAttentionConfig(every_n_layers=4, media_mask=media_mask),
-        lm=LanguageModelConfig(
-            hf_config=dict(
-                model_type="llama",
-                hidden_size=512,
-                intermediate_size=1408,
-                num_hidden_layers=8,
-                num_attention_heads=8,
-                vocab_size=len(tokenizer),
-            )
-        ),
+        lm=LanguageModelConfig(hf_config={**SMALL_LLAMA, "vocab_size": len(tokenizer)}),
     )
     model, tokenizer = build_model(cfg, tokenizer=tokenizer)
     with torch.no_grad():

@@ -31,6 +31,7 @@ from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig,
 from mmgpt.generate import GenerationConfig, generate
 from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
 from mmgpt.tokens import SpecialTokenIds
+from sizes import SMALL_LLAMA  # bench/ is on sys.path when a benchmark runs
 
 VOCAB = 32000
 
@@ -40,16 +41,7 @@ def build(media_mask: str, every_n: int = 4):
         vision=VisionConfig(image_size=224, patch_size=14, width=1024, layers=1, heads=16, mlp_dim=4096),
         perceiver=PerceiverConfig(depth=2, num_latents=64),
         cross_attention=CrossAttentionConfig(every_n_layers=every_n, media_mask=media_mask),
-        lm=LanguageModelConfig(
-            hf_config=dict(
-                model_type="llama",
-                hidden_size=512,
-                intermediate_size=1408,
-                num_hidden_layers=8,
-                num_attention_heads=8,
-                vocab_size=VOCAB,
-            )
-        ),
+        lm=LanguageModelConfig(hf_config={**SMALL_LLAMA, "vocab_size": VOCAB}),
     )
     torch.manual_seed(0)
     lm = build_language_model(cfg)

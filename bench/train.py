@@ -26,6 +26,8 @@ from dataclasses import replace
 
 import torch
 
+from sizes import SMALL_LLAMA  # bench/ is on sys.path when a benchmark runs
+
 VOCAB = 32000
 VARIANTS = {  # name: (trainable, gradient checkpointing)
     "lora": ("lora", False),
@@ -44,16 +46,7 @@ def build_model():
         vision=VisionConfig(image_size=224, patch_size=14, width=256, layers=2, heads=4, mlp_dim=1024),
         perceiver=PerceiverConfig(depth=2, num_latents=64, heads=4),
         cross_attention=CrossAttentionConfig(every_n_layers=4),
-        lm=LanguageModelConfig(
-            hf_config=dict(
-                model_type="llama",
-                hidden_size=512,
-                intermediate_size=1408,
-                num_hidden_layers=8,
-                num_attention_heads=8,
-                vocab_size=VOCAB,
-            )
-        ),
+        lm=LanguageModelConfig(hf_config={**SMALL_LLAMA, "vocab_size": VOCAB}),
     )
     torch.manual_seed(0)
     special = SpecialTokenIds(end_of_chunk=VOCAB, image=VOCAB + 1, pad=VOCAB + 2, eos=2, bos=1)
