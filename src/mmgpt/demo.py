@@ -40,14 +40,24 @@ class DemoConfig:
     threads: int | None = None
 
 
-def tuning_config(cfg: DemoConfig, world: Path, base: Path) -> TrainConfig:
+def tuning_config(
+    cfg: DemoConfig,
+    world: Path,
+    base: Path,
+    *,
+    run_dir: Path | None = None,
+    one_word: bool = False,
+    language: bool = True,
+) -> TrainConfig:
     """The paper's recipe (LoRA r=16, alpha=16 on its targets; AdamW, warmup + cosine, clip 1.0) with a learning
-    rate and length for a 3M-parameter model on a CPU (the paper: lr 1e-5 for 9B parameters on 8 GPUs)."""
-    data = replace(world_data_config(world), batch_size=cfg.batch_size, language_batch_size=cfg.batch_size)
+    rate and length for a 3M-parameter model on a CPU (the paper: lr 1e-5 for 9B parameters on 8 GPUs).
+    ``one_word`` / ``language``: the data variants of ``world_data_config`` (the paper-findings experiment)."""
+    data = world_data_config(world, one_word=one_word, language=language)
+    data = replace(data, batch_size=cfg.batch_size, language_batch_size=cfg.batch_size)
     return TrainConfig(
         model=str(base),
         data=data,
-        run_dir=str(cfg.out / "run"),
+        run_dir=str(run_dir or cfg.out / "run"),
         trainable="lora",
         lora=LoraConfig(),
         optimizer=OptimizerConfig(lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20)),

@@ -15,7 +15,6 @@ same seed, and is evaluated on the same held-out scenes and language tasks:
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmgpt.data.world.config import WorldConfig
-from mmgpt.data.world.write import generate_world, world_data_config
+from mmgpt.data.world.write import generate_world
 
 
 @dataclass(frozen=True)
@@ -56,10 +55,7 @@ def run_variant(variant: Variant, *, demo, world: Path, out: Path) -> dict[str, 
     if run_dir.exists():
         shutil.rmtree(run_dir)
     base = tiny_world_path()
-    cfg = tuning_config(dataclasses.replace(demo, out=run_dir.parent), world, base)
-    data = world_data_config(world, one_word=variant.one_word, language=variant.language)
-    data = dataclasses.replace(data, batch_size=demo.batch_size, language_batch_size=demo.batch_size)
-    cfg = dataclasses.replace(cfg, data=data, run_dir=str(run_dir))
+    cfg = tuning_config(demo, world, base, run_dir=run_dir, one_word=variant.one_word, language=variant.language)
     model, tokenizer = load(base)
     model.config.cross_attention.media_mask = variant.media_mask  # read at every forward
     Trainer(cfg, model, tokenizer).fit()

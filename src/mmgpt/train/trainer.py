@@ -154,6 +154,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, total_steps=self.total, cfg=cfg.optimizer)
         self.scaler = torch.amp.GradScaler(self.ctx.device.type) if cfg.precision == "fp16" else None
         self.step, self.best = 0, None
+        self._validation: tuple[PairedBatches, dict[str, Any]] | None = None
         self.last_good: Path | None = None
 
     # ---------------------------------------------------------------- state
@@ -277,9 +278,13 @@ class Trainer:
         vcfg = self.cfg.validation
         results: dict[str, float] = {}
         if vcfg.data is not None:
-            batches = build_training_batches(
-                vcfg.data, self.tokenizer, rank=self.ctx.rank, world_size=self.ctx.world_size
-            )
+            if self._validation is None:  # read the held-out files once; each validation rewinds to the start
+                batches = build_training_batches(
+                    vcfg.data, self.tokenizer, rank=self.ctx.rank, world_size=self.ctx.world_size
+                )
+                self._validation = (batches, batches.state_dict())
+            batches, start = self._validation
+            batches.load_state_dict(start)
             self.model.eval()
             sums = torch.zeros(4, dtype=torch.float64)
             stream = iter(batches)
