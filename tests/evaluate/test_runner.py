@@ -12,9 +12,12 @@ from mmgpt.config import (
     ModelConfig,
     load_yaml,
 )
+from mmgpt.data.document import Document
+from mmgpt.data.tokenize import ConversationTokenizer
 from mmgpt.data.world.write import load_heldout
+from mmgpt.evaluate.items import language_items, scene_items
 from mmgpt.evaluate.report import results_table
-from mmgpt.evaluate.runner import evaluate_world
+from mmgpt.evaluate.runner import evaluate_world, generate_responses, qa_prompt
 from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints import save_pretrained
 from tests.model.conftest import tiny_config
@@ -45,6 +48,29 @@ def test_evaluate_world_end_to_end(model, world):
     # In memory: the same scenes rendered on the fly give the same responses.
     again = evaluate_world(model, tokenizer, scenes, language=heldout.language[:2], batch_size=4, max_new_tokens=12)
     assert [r["response"] for r in again["records"]] == [r["response"] for r in results["records"]]
+
+
+def test_qa_prompts_are_the_pretraining_text_up_to_the_answer(world, tokenizer):
+    heldout = load_heldout(world)
+    item = scene_items(heldout.scenes[0], heldout.images[0])[0]
+    question = item.prompt.messages[-1].text
+    assert qa_prompt(item) == f"<image>Question: {question} Answer:"
+    # The tokens the evaluation sends are exactly the start of the pretraining document asking that question.
+    encoder = ConversationTokenizer(tokenizer)
+    document = encoder(Document(f"{qa_prompt(item)} {item.reference}<|endofchunk|>", images=[heldout.images[0]]))
+    prompt = encoder.prefix + encoder.encode([qa_prompt(item)])[0]
+    assert document.input_ids[: len(prompt)] == prompt
+    ordering = next(t for t in heldout.language if t.input)
+    assert qa_prompt(language_items([ordering])[0]) == f"Question: {ordering.instruction} {ordering.input} Answer:"
+
+
+def test_qa_format_evaluates_and_unknown_formats_are_named(model, world):
+    model, tokenizer = model
+    results = evaluate_world(model, tokenizer, world, limit=1, batch_size=4, max_new_tokens=6, prompt_format="qa")
+    assert results["items"] == len(results["records"]) and results["language"]["n"] == 1
+    assert all("###" not in r["response"] and "Question:" not in r["response"] for r in results["records"])
+    with pytest.raises(ValueError, match="prompt_format='chat'; choose one of template, qa"):
+        generate_responses(model, tokenizer, [], prompt_format="chat")
 
 
 def test_mmgpt_eval_command(model, world, tmp_path, capsys):

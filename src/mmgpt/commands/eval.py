@@ -13,6 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N held-out scenes and language tasks")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts generated together (default %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, help="cap every answer's token budget (a quick look)")
+    parser.add_argument(
+        "--prompt-format",
+        choices=("template", "qa"),
+        default="template",
+        help="template: the instruction template (tuned models); qa: plain 'Question: ... Answer:' text, the "
+        "pretraining corpus's form, to see what a pretrained base knows (default %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default %(default)s)")
     parser.add_argument(
         "--threads", type=int, help="CPU threads for torch (on a busy machine 1 can be several times faster)"
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
+            prompt_format=args.prompt_format,
             on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
         )
     name = Path(args.adapter).name if args.adapter else Path(args.model).name

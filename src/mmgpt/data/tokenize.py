@@ -112,7 +112,8 @@ class ConversationTokenizer:
         direct = [e.ids for e in backend.encode_batch_fast(probe, add_special_tokens=False)]
         return backend if direct == wrapper else None
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of plain texts: no template, no BOS (``prefix`` holds it), ``<image>`` as its one token."""
         if not texts:
             return []
         if self._backend is not None:
@@ -172,7 +173,7 @@ class ConversationTokenizer:
     def __call__(self, conversation: Conversation | Document) -> TokenizedSample:
         """A training sample; raises :class:`SampleDropped`."""
         segments = _segments(conversation)
-        encoded = self._encode([s.text for s in segments if not s.is_image])
+        encoded = self.encode([s.text for s in segments if not s.is_image])
         return self._assemble(conversation, segments, encoded, train=True)
 
     def many(self, conversations: Sequence[Conversation]) -> list[TokenizedSample | SampleDropped]:
@@ -182,7 +183,7 @@ class ConversationTokenizer:
         """
         rendered = [_segments(c) for c in conversations]
         texts = [s.text for segments in rendered for s in segments if not s.is_image]
-        encoded = self._encode(texts)
+        encoded = self.encode(texts)
         results: list[TokenizedSample | SampleDropped] = []
         start = 0
         for conversation, segments in zip(conversations, rendered, strict=True):
@@ -198,7 +199,7 @@ class ConversationTokenizer:
         """A generation prompt (history + new user turn, ending with ``### Response:\\n``), untruncated and
         with every label IGNORE_INDEX. Same tokens as training produced for the same history."""
         segments = render_prompt(conversation)
-        encoded = self._encode([s.text for s in segments if not s.is_image])
+        encoded = self.encode([s.text for s in segments if not s.is_image])
         return self._assemble(conversation, segments, encoded, train=False)
 
 

@@ -11,6 +11,7 @@ from mmgpt.data.config import load_data_config
 from mmgpt.data.loader import build_training_batches
 from mmgpt.data.sources import read_source
 from mmgpt.data.tokenize import load_tokenizer
+from mmgpt.data.world.language import language_tasks
 from mmgpt.data.world.scene import Scene, sample_scenes
 from mmgpt.data.world.tasks import scene_tasks, task_conversations
 from mmgpt.data.world.write import generate_world, load_heldout, world_data_config
@@ -77,9 +78,30 @@ def test_language_free_config_for_the_ablation(world):
 
 
 def test_pretraining_corpus_binds_one_image_token_per_image(world):
-    for name in ("captions", "interleaved", "text"):
+    for name in ("captions", "interleaved", "text", "questions", "qa"):
         rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
         assert rows
         for row in rows:
             assert row["text"].count(IMAGE) == len(row["images"]) == row["text"].count(END_OF_CHUNK)
             assert all((world / path).is_file() for path in row["images"])
+
+
+def test_pretraining_questions_are_plain_text_about_one_image(world):
+    rows = [json.loads(line) for line in (world / "pretrain" / "questions.jsonl").read_text().splitlines()]
+    scenes = sample_scenes(SMALL.seed, "train", SMALL.scenes)
+    assert [row["images"] for row in rows] == [[f"images/{scene.id}.png"] for scene in scenes]
+    for row in rows:
+        text = row["text"]
+        assert text.startswith(IMAGE + "Question: ") and text.endswith(END_OF_CHUNK) and "###" not in text
+        assert text.count("Question: ") == text.count(" Answer: ") == 3
+
+
+def test_language_qa_rows_ask_each_task_then_answer_it(world):
+    tasks = language_tasks(SMALL.seed, "train", SMALL.language)
+    rows = [json.loads(line)["text"] for line in (world / "pretrain" / "qa.jsonl").read_text().splitlines()]
+    assert len(rows) == len(tasks) // 4
+    first = tasks[:4]
+    expected = " ".join(
+        f"Question: {t.instruction}{' ' + t.input if t.input else ''} Answer: {t.output}" for t in first
+    )
+    assert rows[0] == expected

@@ -5,7 +5,15 @@ Pretraining rows (OpenFlamingo style, every row ``{"images": [...], "text": ...}
 - ``captions``: one image, its dense caption (every shape with size, colour and position, and the word) - LAION;
 - ``interleaved``: 2-3 images, each followed by a caption or a description - MMC4;
 - ``text``: no image, statements of the language-only skills ("3 plus 4 is 7.") - the LM's own pretraining, so
-  the base knows facts that instruction tuning can keep or lose (the paper's finding 2).
+  the base knows facts that instruction tuning can keep or lose (the paper's finding 2);
+- ``questions``: one image, then questions about it with full-sentence answers in plain ``Question: ... Answer:``
+  text (never the instruction template) - web pages of questions about a picture;
+- ``qa``: no image, the language tasks as ``Question: ... Answer: ...`` text - the LM's own web Q&A.
+
+Why the last two: in captions and statements nothing later depends on earlier text, so a base pretrained on them
+alone never learns to read a question (measured: after tuning it answered "What is 3 plus 1?" with "9 plus 3 is
+12." and "How many shapes?" with "The shape on the left is a triangle."). A real LLaMA learnt that from the web;
+these rows are the tiny LM's share of it (docs/world.md).
 
 The tokenizer is trained on a canonical corpus that depends on nothing but the code: every world generated with
 any seed or size gets the same tokenizer, so a base pretrained once serves every later world.
@@ -23,6 +31,7 @@ from mmgpt.data.templates import CAPTION_INSTRUCTIONS, DESCRIPTION_INSTRUCTIONS,
 from mmgpt.data.world.config import VOCAB_SIZE
 from mmgpt.data.world.describe import NUMBER_WORDS, POSITION_PHRASES, captions, dense_caption, detailed_description
 from mmgpt.data.world.language import LanguageTask, language_tasks
+from mmgpt.data.world.questions import questions
 from mmgpt.data.world.scene import COLOURS, SHAPES, SIZES, WORDS, Scene, sample_scenes
 from mmgpt.data.world.tasks import DETAIL_INSTRUCTIONS, OCR_QUESTIONS, scene_tasks, task_conversations
 from mmgpt.tokens import END_OF_CHUNK, IMAGE, add_special_tokens, train_tokenizer
@@ -31,6 +40,7 @@ TOKENIZER_SEED = 20230508  # the paper's arXiv date; any fixed number would do
 TOKENIZER_SCENES = 400
 TOKENIZER_LANGUAGE = 2000
 STATEMENTS_PER_ROW = 4
+QUESTIONS_PER_IMAGE = 3
 
 
 def chunk(text: str) -> str:
@@ -59,6 +69,27 @@ def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) 
 def text_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
     for start in range(0, len(tasks), STATEMENTS_PER_ROW):
         yield {"images": [], "text": " ".join(t.output for t in tasks[start : start + STATEMENTS_PER_ROW])}
+
+
+def qa(question: str, answer: str) -> str:
+    return f"Question: {question} Answer: {answer}"
+
+
+def question_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:
+    """One image, then up to ``QUESTIONS_PER_IMAGE`` questions of different kinds with their sentence answers."""
+    for scene, path in zip(scenes, image_paths, strict=True):
+        rng = random.Random(f"{seed}:{scene.key}:pretrain-questions")
+        asked = questions(scene, rng, QUESTIONS_PER_IMAGE)
+        yield {"images": [path], "text": chunk(" ".join(qa(q.text, q.answer) for q in asked))}
+
+
+def qa_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
+    """The language tasks as questions and answers, ``STATEMENTS_PER_ROW`` a row (the input, if any, after the
+    instruction)."""
+    for start in range(0, len(tasks), STATEMENTS_PER_ROW):
+        rows = tasks[start : start + STATEMENTS_PER_ROW]
+        text = " ".join(qa(" ".join(filter(None, (t.instruction, t.input))), t.output) for t in rows)
+        yield {"images": [], "text": text}
 
 
 def tokenizer_corpus() -> Iterator[str]:

@@ -13,7 +13,7 @@ Layout of ``OUT``::
     vqa/v2_*_questions.json, v2_*_annotations.json, vqa/train2014/*.jpg  (format vqa)
     language/alpaca_world.json        Alpaca layout                      (format alpaca)
     language/dolly_world.jsonl        Dolly layout                       (format dolly)
-    pretrain/{captions,interleaved,text}.jsonl   {"images": [...], "text": "<image>...<|endofchunk|>..."}
+    pretrain/{captions,interleaved,text,questions,qa}.jsonl   {"images": [...], "text": "<image>...<|endofchunk|>"}
     tokenizer/                        the world's tokenizer (special tokens included)
     data.yaml                         the paper's recipe: no one-word (VQA) data
     data-one-word.yaml                the same plus the one-word VQA data
@@ -158,6 +158,8 @@ def generate_world(
             out / "pretrain/interleaved.jsonl", corpus.interleaved_rows(scenes, paths, seed=cfg.seed)
         ),
         "text": _write_jsonl(out / "pretrain/text.jsonl", corpus.text_rows(language)),
+        "questions": _write_jsonl(out / "pretrain/questions.jsonl", corpus.question_rows(scenes, paths, seed=cfg.seed)),
+        "qa": _write_jsonl(out / "pretrain/qa.jsonl", corpus.qa_rows(language)),
     }
 
     tokenizer = tokenizer if tokenizer is not None else corpus.world_tokenizer(vocab_size=cfg.vocab_size)
