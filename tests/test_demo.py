@@ -18,6 +18,11 @@ def test_the_shipped_tiny_model_loads_by_name_and_is_small():
     assert size < 25 * 2**20  # the budget for a committed model
 
 
+def test_the_demo_tunes_the_shipped_base_unless_given_another(tmp_path):
+    assert DemoConfig().base_path == TINY_WORLD
+    assert DemoConfig(base=tmp_path).base_path == tmp_path
+
+
 @pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path):
     console = Console(record=True, width=120)

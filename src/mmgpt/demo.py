@@ -2,7 +2,8 @@
 
 1. write a fresh generated world (tuning data in the published formats + held-out scenes);
 2. load the tiny pretrained OpenFlamingo shipped with the package (frozen);
-3. evaluate it on the held-out scenes;
+3. evaluate it on the held-out scenes, asked with the instruction template and, to show what it knows, in the
+   plain "Question: ... Answer:" text of its pretraining corpus;
 4. instruction-tune it the paper's way: LoRA on self-attention, cross-attention and the cross-attention
    feed-forward, one vision-language and one language-only batch per step, loss on responses only;
 5. evaluate again and print both, with the issue's targets;
@@ -32,12 +33,17 @@ CHAT = ("What do you see in the image?", "What colour is the {shape}?", "How man
 class DemoConfig:
     out: Path = Path("build/demo")
     seed: int = 0
-    steps: int = 300
-    lr: float = 1e-3
+    steps: int = 600
+    lr: float = 2e-3
     batch_size: int = 8
     eval_scenes: int = 40
     eval_language: int = 40
     threads: int | None = None
+    base: Path | None = None  # a saved tiny base to tune instead of the shipped one (e.g. your own pretraining)
+
+    @property
+    def base_path(self) -> Path:
+        return self.base if self.base is not None else tiny_world_path()
 
 
 def tuning_config(
@@ -84,7 +90,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    base = tiny_world_path()
+    base = cfg.base_path
     world = cfg.out / "world"
     console.rule("1. a generated world")
     model, tokenizer = load(base)
@@ -99,6 +105,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
         f"{model.block_layers}, media mask {model.config.cross_attention.media_mask!r}"
     )
     limits = dict(limit=cfg.eval_scenes)
+    known = evaluate_world(model, tokenizer, world, prompt_format="qa", **limits)
     before = evaluate_world(model, tokenizer, world, **limits)
     console.rule("3. MultiModal-GPT's recipe: frozen base, LoRA, joint vision-language + language-only tuning")
     run_dir = cfg.out / "run"
@@ -109,7 +116,11 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
     tuned, tokenizer = load(base)
     load_adapter(tuned, result.output)
     after = evaluate_world(tuned, tokenizer, world, **limits)
-    print_results({"base": before, "tuned": after}, console)
+    print_results({"base, Q/A text": known, "base": before, "tuned": after}, console)
+    console.print(
+        "[dim]base, Q/A text: the base asked in its pretraining corpus's plain 'Question: ... Answer:' text (what it "
+        "knows); base and tuned: asked with the instruction template, as a chat user asks.[/dim]"
+    )
 
     console.rule("5. a chat about a new image")
     scene = sample_scene(f"demo:{cfg.seed}", id="demo")

@@ -96,6 +96,9 @@ def test_mmgpt_eval_command(model, world, tmp_path, capsys):
     )
     assert "colour accuracy" in capsys.readouterr().out
     assert json.loads(out.read_text())["items"] >= 8
+    qa = ["eval", "--model", str(saved), "--world", str(world), "--limit", "1", "--max-new-tokens", "4"]
+    assert main([*qa, "--prompt-format", "qa", "--out", str(out)]) == 0
+    assert all("###" not in r["response"] for r in json.loads(out.read_text())["records"])
     assert main(["eval", "--model", str(tmp_path / "nothing"), "--world", str(world)]) == 2
 
 

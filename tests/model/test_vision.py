@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
-from mmgpt.model.vision import VisionEncoder
+from mmgpt.model.vision import VisionEncoder, sincos_2d
 
 VISION = dict(
     image_size=32,
@@ -78,3 +78,23 @@ def test_from_numbers_matches_vision_config():
     assert isinstance(encoder.model.config, CLIPVisionConfig)
     assert encoder.model.config.hidden_act == "quick_gelu"
     assert (encoder.width, encoder.image_size) == (32, 32)
+
+
+def test_sincos_table_exact_values():
+    s, c = torch.sin(torch.tensor(1.0)).item(), torch.cos(torch.tensor(1.0)).item()
+    # 2 x 2 patches, width 4: [sin(row), cos(row), sin(column), cos(column)], one frequency (1.0).
+    expected = torch.tensor([[0, 1, 0, 1], [0, 1, s, c], [s, c, 0, 1], [s, c, s, c]], dtype=torch.float32)
+    assert torch.allclose(sincos_2d(2, 4), expected)
+    with pytest.raises(ValueError, match="divisible by 4, got 6"):
+        sincos_2d(2, 6)
+
+
+def test_position_table_is_added_to_the_patches_with_the_given_norm():
+    encoder = VisionEncoder.from_numbers(image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_dim=64)
+    weight = encoder.model.embeddings.position_embedding.weight
+    before = weight.detach().clone()
+    encoder.add_position_table(6.0)
+    added = weight.detach() - before
+    assert torch.equal(added[0], torch.zeros(32))  # CLS untouched
+    assert torch.allclose(added[1:].norm(dim=1), torch.full((16,), 6.0))
+    assert torch.allclose(added[1:] / 6.0, sincos_2d(4, 32) / sincos_2d(4, 32).norm(dim=1, keepdim=True))

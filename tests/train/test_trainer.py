@@ -199,3 +199,15 @@ def test_gate_init_opens_every_gate_before_training(train_config, tiny_model_dir
     model, tokenizer = load_base_model(str(tiny_model_dir))
     Trainer(load_train_config(train_config, ["gate_init=0.25"]), model, tokenizer)
     assert {float(g) for b in model.gated_blocks().values() for g in (b.attn_gate, b.ff_gate)} == {0.25}
+
+
+def test_vision_positions_adds_the_table_before_training(train_config, tiny_model_dir):
+    from mmgpt.train.run import load_base_model
+    from mmgpt.train.trainer import Trainer
+
+    model, tokenizer = load_base_model(str(tiny_model_dir))
+    weight = model.vision_encoder.model.embeddings.position_embedding.weight
+    before = weight.detach().clone()
+    Trainer(load_train_config(train_config, ["vision_positions=3.0"]), model, tokenizer)
+    added = (weight.detach() - before)[1:]
+    assert torch.allclose(added.norm(dim=1), torch.full((added.shape[0],), 3.0))

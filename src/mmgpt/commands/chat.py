@@ -13,7 +13,11 @@ from typing import TextIO
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory (save_pretrained), or the preset tiny-random")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model directory (save_pretrained), tiny-world (the shipped pretrained tiny model) or tiny-random",
+    )
     parser.add_argument("--image", action="append", default=[], metavar="FILE", help="attach to the first message")
     parser.add_argument("--adapter", default=None, metavar="PATH", help="a LoRA adapter (peft folder) to chat with")
     parser.add_argument("--device", default="cpu")

@@ -11,7 +11,11 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory (save_pretrained), or the preset tiny-random")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model directory (save_pretrained), tiny-world (the shipped pretrained tiny model) or tiny-random",
+    )
     parser.add_argument(
         "--adapter", action="append", default=[], metavar="NAME=PATH", help="a LoRA adapter (peft folder); repeat"
     )

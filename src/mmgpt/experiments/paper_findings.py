@@ -46,7 +46,6 @@ VARIANTS = (
 
 def run_variant(variant: Variant, *, demo, world: Path, out: Path) -> dict[str, Any]:
     from mmgpt.demo import tuning_config
-    from mmgpt.embedded import tiny_world_path
     from mmgpt.evaluate.runner import evaluate_world
     from mmgpt.load import load
     from mmgpt.train.trainer import Trainer
@@ -54,7 +53,7 @@ def run_variant(variant: Variant, *, demo, world: Path, out: Path) -> dict[str, 
     run_dir = out / variant.name.replace(" ", "-").replace("+", "plus-")
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    base = tiny_world_path()
+    base = demo.base_path
     cfg = tuning_config(demo, world, base, run_dir=run_dir, one_word=variant.one_word, language=variant.language)
     model, tokenizer = load(base)
     model.config.cross_attention.media_mask = variant.media_mask  # read at every forward
@@ -83,7 +82,7 @@ def run(demo, *, console: Console | None = None, variants: tuple[Variant, ...] =
     console = console or Console()
     started = time.perf_counter()
     world = demo.out / "world"
-    _, tokenizer = load("tiny-world")
+    _, tokenizer = load(demo.base_path)
     generate_world(world, WorldConfig(seed=2000 + demo.seed, scenes=600, heldout=demo.eval_scenes), tokenizer=tokenizer)
     results = {}
     for variant in variants:

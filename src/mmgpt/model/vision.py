@@ -72,6 +72,20 @@ class VisionEncoder(nn.Module):
             self.model.eval()  # frozen: no dropout, whatever the parent's mode
         return self
 
+    @torch.no_grad()
+    def add_position_table(self, norm: float) -> None:
+        """Add a fixed 2D sine-cosine table (:func:`sincos_2d`, the MAE ViT's) to the learned position embeddings
+        of the patches, each patch's vector scaled to ``norm``; the CLS position is left alone.
+
+        For a ViT trained from scratch: its patch embeddings can grow far larger than its position embeddings
+        (measured on the tiny base: norm ~10 against ~1), so after the first LayerNorm nothing tells the patches
+        apart but their content, and the model cannot say where anything is."""
+        embeddings = getattr(self.model, "vision_model", self.model).embeddings  # transformers 4.x nests it
+        weight = embeddings.position_embedding.weight
+        side = self.image_size // self.model.config.patch_size
+        table = sincos_2d(side, weight.shape[1]).to(weight)
+        weight[1:] += table * (norm / table.norm(dim=1, keepdim=True))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
         # Frozen (the usual case): no graph. Only pretraining a tiny ViT from scratch ("trainable: all") trains it.
@@ -79,3 +93,23 @@ class VisionEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
             hidden = self.model(pixel_values=pixels.to(dtype)).last_hidden_state
         return hidden[:, 1:]  # drop CLS; before post_layernorm
+
+
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """[side * side, dim]: row-major patches; half the channels encode the row, half the column, each as sines
+    and cosines of geometrically spaced frequencies (``dim`` a multiple of 4).
+
+    The frequencies run from 1 down to 1 / (2 * side) per patch, not MAE's 1 / 10000: on a small grid (8 x 8 in the
+    tiny ViT) MAE's slow channels hardly change across the image, and only 38% of the table's norm would tell two
+    patches apart, against 66% here."""
+    if dim % 4:
+        raise ValueError(f"a 2D sine-cosine table needs a width divisible by 4, got {dim}")
+    frequencies = 1.0 / (2 * side) ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    coordinate = torch.arange(side, dtype=torch.float64)
+
+    def encode(values: torch.Tensor) -> torch.Tensor:
+        angles = values[:, None] * frequencies[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    rows, columns = torch.meshgrid(coordinate, coordinate, indexing="ij")
+    return torch.cat([encode(rows.flatten()), encode(columns.flatten())], dim=1).float()

@@ -103,6 +103,10 @@ class TrainConfig:
     # ViT trained from scratch learns only through the gates (its gradients are scaled by tanh(gate)), so
     # pretraining from random weights needs them open (e.g. 1.0), or the model learns to ignore its images.
     gate_init: float | None = None
+    # Before training, add a fixed 2D sine-cosine table with this norm per patch to the ViT's position embeddings
+    # (VisionEncoder.add_position_table): for a from-scratch ViT whose patch embeddings outgrew its position
+    # embeddings and so cannot tell where anything is. None: leave them.
+    vision_positions: float | None = None
     trainable: Trainable = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -135,6 +135,8 @@ class Trainer:
                 for block in model.gated_blocks().values():
                     block.attn_gate.fill_(cfg.gate_init)
                     block.ff_gate.fill_(cfg.gate_init)
+        if cfg.vision_positions is not None:
+            model.vision_encoder.add_position_table(cfg.vision_positions)
         self.trainable = make_trainable(model, cfg.trainable, cfg.lora)
         model.to(self.ctx.device)
         if cfg.gradient_checkpointing:
