@@ -74,8 +74,8 @@ class VisionEncoder(nn.Module):
 
     @torch.no_grad()
     def add_position_table(self, norm: float) -> None:
-        """Add a fixed 2D sine-cosine table (:func:`sincos_2d`, the MAE ViT's) to the learned position embeddings
-        of the patches, each patch's vector scaled to ``norm``; the CLS position is left alone.
+        """Add a fixed 2D sine-cosine table (:func:`sincos_2d`: MAE's kind, for small grids) to the learned position
+        embeddings of the patches, each patch's vector scaled to ``norm``; the CLS position is left alone.
 
         For a ViT trained from scratch: its patch embeddings can grow far larger than its position embeddings
         (measured on the tiny base: norm ~10 against ~1), so after the first LayerNorm nothing tells the patches

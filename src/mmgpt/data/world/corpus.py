@@ -22,7 +22,7 @@ any seed or size gets the same tokenizer, so a base pretrained once serves every
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -66,9 +66,14 @@ def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) 
         start = end
 
 
-def text_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
+def _text_only(tasks: list[LanguageTask], text: Callable[[LanguageTask], str]) -> Iterator[dict[str, Any]]:
+    """Rows of ``STATEMENTS_PER_ROW`` tasks each, ``text(task)`` joined by spaces."""
     for start in range(0, len(tasks), STATEMENTS_PER_ROW):
-        yield {"images": [], "text": " ".join(t.output for t in tasks[start : start + STATEMENTS_PER_ROW])}
+        yield {"images": [], "text": " ".join(text(t) for t in tasks[start : start + STATEMENTS_PER_ROW])}
+
+
+def text_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
+    return _text_only(tasks, lambda t: t.output)
 
 
 def qa(question: str, answer: str) -> str:
@@ -84,12 +89,8 @@ def question_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> 
 
 
 def qa_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
-    """The language tasks as questions and answers, ``STATEMENTS_PER_ROW`` a row (the input, if any, after the
-    instruction)."""
-    for start in range(0, len(tasks), STATEMENTS_PER_ROW):
-        rows = tasks[start : start + STATEMENTS_PER_ROW]
-        text = " ".join(qa(" ".join(filter(None, (t.instruction, t.input))), t.output) for t in rows)
-        yield {"images": [], "text": text}
+    """The language tasks as questions and answers (the input, if any, after the instruction)."""
+    return _text_only(tasks, lambda t: qa(" ".join(filter(None, (t.instruction, t.input))), t.output))
 
 
 def tokenizer_corpus() -> Iterator[str]:
