@@ -6,7 +6,7 @@
    plain "Question: ... Answer:" text of its pretraining corpus;
 4. instruction-tune it the paper's way: LoRA on self-attention, cross-attention and the cross-attention
    feed-forward, one vision-language and one language-only batch per step, loss on responses only;
-5. evaluate again and print both, with the issue's targets;
+5. evaluate again and print all three beside the issue's targets;
 6. chat with the tuned model about an image it has never seen, several turns, reusing its cache.
 """
 
