@@ -18,15 +18,21 @@ from mmgpt.data.images import ImageError
 from mmgpt.generate import GenerationConfig
 
 SESSION_TTL_S = 3600
-EXAMPLE_QUESTIONS = ("What do you see in this image?", "What color is the circle, and where is the square?")
+EXAMPLE_QUESTIONS = (
+    "What do you see in the image?",
+    "How many shapes are there?",
+    "What word is written in the image?",
+)
+EXAMPLE_SCENE = "web-example:3"  # a scene of the generated world: three shapes and the word "moon"
 
 
 def example_images(folder: Path) -> list[str]:
-    """Example pictures written once per server (the embedded default's world will supply its own)."""
-    from mmgpt.tiny_random import demo_image
+    """Example pictures written once per server: a scene of the embedded default's world (docs/world.md), which
+    the tuned tiny-world model can answer about."""
+    from mmgpt.data.world.render import save_scene
+    from mmgpt.data.world.scene import sample_scene
 
-    path = folder / "shapes.png"
-    demo_image(160).save(path)
+    path = save_scene(sample_scene(EXAMPLE_SCENE, id="example"), folder / "shapes.png")
     return [str(path)]
 
 

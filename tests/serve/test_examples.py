@@ -1,0 +1,16 @@
+"""The browser demo's example picture is a scene of the generated world, which the tuned tiny model knows."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from mmgpt.data.world.render import render_scene
+from mmgpt.data.world.scene import sample_scene
+from mmgpt.serve.web import EXAMPLE_SCENE, example_images
+
+
+def test_the_example_image_is_the_world_scene(tmp_path):
+    [path] = example_images(tmp_path)
+    scene = sample_scene(EXAMPLE_SCENE, id="example")
+    assert len(scene.shapes) == 3 and scene.word == "moon"
+    assert Image.open(path).convert("RGB").tobytes() == render_scene(scene).tobytes()
