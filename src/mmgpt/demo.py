@@ -16,15 +16,14 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-
-from mmgpt.config import LoraConfig
-from mmgpt.data.world.config import WorldConfig
-from mmgpt.data.world.write import generate_world, world_data_config
 from mmgpt.embedded import tiny_world_path
-from mmgpt.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, TrainConfig
+
+if TYPE_CHECKING:  # DemoConfig imports nothing heavy: the CLI reads its defaults for `mmgpt demo --help`
+    from rich.console import Console
+
+    from mmgpt.train.config import TrainConfig
 
 CHAT = ("What do you see in the image?", "What colour is the {shape}?", "How many shapes are there?")
 
@@ -58,6 +57,10 @@ def tuning_config(
     """The paper's recipe (LoRA r=16, alpha=16 on its targets; AdamW, warmup + cosine, clip 1.0) with a learning
     rate and length for a 3M-parameter model on a CPU (the paper: lr 1e-5 for 9B parameters on 8 GPUs).
     ``one_word`` / ``language``: the data variants of ``world_data_config`` (the paper-findings experiment)."""
+    from mmgpt.config import LoraConfig
+    from mmgpt.data.world.write import world_data_config
+    from mmgpt.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, TrainConfig
+
     data = world_data_config(world, one_word=one_word, language=language)
     data = replace(data, batch_size=cfg.batch_size, language_batch_size=cfg.batch_size)
     return TrainConfig(
@@ -75,10 +78,15 @@ def tuning_config(
 
 
 def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> int:
+    import torch
+    from rich.console import Console
+
     from mmgpt.chat import ChatModel, ChatSession
+    from mmgpt.data.world.config import WorldConfig
     from mmgpt.data.world.describe import dense_caption
     from mmgpt.data.world.render import render_scene
     from mmgpt.data.world.scene import sample_scene
+    from mmgpt.data.world.write import generate_world
     from mmgpt.evaluate.report import print_results
     from mmgpt.evaluate.runner import evaluate_world
     from mmgpt.generate import GenerationConfig
