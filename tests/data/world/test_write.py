@@ -11,6 +11,7 @@ from mmgpt.data.config import load_data_config
 from mmgpt.data.loader import build_training_batches
 from mmgpt.data.sources import read_source
 from mmgpt.data.tokenize import load_tokenizer
+from mmgpt.data.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, DialogueForm
 from mmgpt.data.world.language import language_tasks
 from mmgpt.data.world.scene import Scene, sample_scenes
 from mmgpt.data.world.tasks import scene_tasks, task_conversations
@@ -78,7 +79,7 @@ def test_language_free_config_for_the_ablation(world):
 
 
 def test_pretraining_corpus_binds_one_image_token_per_image(world):
-    for name in ("captions", "interleaved", "text", "questions", "qa"):
+    for name in ("captions", "interleaved", "text", "questions", "qa", "dialogues", "text-dialogues"):
         rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
         assert rows
         for row in rows:
@@ -105,3 +106,33 @@ def test_language_qa_rows_ask_each_task_then_answer_it(world):
         f"Question: {t.instruction}{' ' + t.input if t.input else ''} Answer: {t.output}" for t in first
     )
     assert rows[0] == expected
+
+
+def test_a_dialogue_form_sets_out_questions_and_answers():
+    form = DialogueForm("Q: ", "\nA: ", "\n")
+    assert form.render([("Why?", "Because."), ("How many?", "Two.")]) == "Q: Why?\nA: Because.\nQ: How many?\nA: Two."
+
+
+def test_dialogue_rows_ask_about_one_image_in_several_layouts(world):
+    rows = [json.loads(line) for line in (world / "pretrain" / "dialogues.jsonl").read_text().splitlines()]
+    scenes = sample_scenes(SMALL.seed, "train", SMALL.scenes)
+    assert [row["images"] for row in rows] == [[f"images/{scene.id}.png"] for scene in scenes]
+    used, leads = set(), 0
+    for row in rows:
+        lead, body = row["text"].split(IMAGE)
+        assert lead in ("", *DIALOGUE_LEADS) and body.endswith(END_OF_CHUNK) and "###" not in body
+        leads += bool(lead)
+        [form] = [f for f in DIALOGUE_FORMS if body.startswith(f.question) and f.answer in body]
+        assert 2 <= body.count(form.answer) <= 4
+        used.add(form)
+    assert len(used) >= 3 and 0 < leads < len(rows)
+
+
+def test_text_dialogue_rows_hold_the_language_tasks(world):
+    tasks = language_tasks(SMALL.seed, "train", SMALL.language)
+    rows = [json.loads(line) for line in (world / "pretrain" / "text-dialogues.jsonl").read_text().splitlines()]
+    assert len(rows) == len(tasks) // 4 and all(row["images"] == [] for row in rows)
+    for row, start in zip(rows, range(0, len(tasks), 4), strict=True):
+        [form] = [f for f in DIALOGUE_FORMS if row["text"].startswith(f.question)]
+        pairs = [(" ".join(filter(None, (t.instruction, t.input))), t.output) for t in tasks[start : start + 4]]
+        assert row["text"] == form.render(pairs)

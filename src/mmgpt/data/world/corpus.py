@@ -8,7 +8,11 @@ Pretraining rows (OpenFlamingo style, every row ``{"images": [...], "text": ...}
   the base knows facts that instruction tuning can keep or lose (the paper's finding 2);
 - ``questions``: one image, then questions about it with full-sentence answers in plain ``Question: ... Answer:``
   text (never the instruction template) - web pages of questions about a picture;
-- ``qa``: no image, the language tasks as ``Question: ... Answer: ...`` text - the LM's own web Q&A.
+- ``qa``: no image, the language tasks as ``Question: ... Answer: ...`` text - the LM's own web Q&A;
+- ``dialogues`` / ``text-dialogues``: the same two again, each row set out in one of several layouts
+  (:data:`DIALOGUE_FORMS`: "Q:/A:", "User:/Assistant:", headings on their own lines...), the image sometimes after
+  a line of text - web pages do not agree on one layout, and a base that has seen several reads a new one (the
+  instruction template) as a question to answer rather than as text to continue.
 
 Why the last two: in captions and statements nothing later depends on earlier text, so a base pretrained on them
 alone never learns to read a question (measured: after tuning it answered "What is 3 plus 1?" with "9 plus 3 is
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -41,6 +46,31 @@ TOKENIZER_SCENES = 400
 TOKENIZER_LANGUAGE = 2000
 STATEMENTS_PER_ROW = 4
 QUESTIONS_PER_IMAGE = 3
+DIALOGUE_QUESTIONS = (2, 4)  # questions per image in a dialogue row, inclusive
+
+
+@dataclass(frozen=True)
+class DialogueForm:
+    """One layout of questions and answers: what comes before a question, between it and its answer, and between
+    one answer and the next question. None is the instruction template (no "###", no "Instruction")."""
+
+    question: str
+    answer: str
+    separator: str
+
+    def render(self, pairs: list[tuple[str, str]]) -> str:
+        return self.separator.join(f"{self.question}{q}{self.answer}{a}" for q, a in pairs)
+
+
+DIALOGUE_FORMS: tuple[DialogueForm, ...] = (
+    DialogueForm("Q: ", "\nA: ", "\n"),
+    DialogueForm("User: ", "\nAssistant: ", "\n"),
+    DialogueForm("Human: ", "\nAI: ", "\n\n"),
+    DialogueForm("Question:\n", "\n\nAnswer:\n", "\n\n"),
+    DialogueForm("**Question:** ", "\n**Answer:** ", "\n\n"),
+)
+# Text a page may put before its picture (a dialogue row has one of these or none, half and half).
+DIALOGUE_LEADS: tuple[str, ...] = ("Here is a picture.\n", "Look at this image:\n", "Image:\n", "A photo.\n\n")
 
 
 def chunk(text: str) -> str:
@@ -90,7 +120,30 @@ def question_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> 
 
 def qa_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
     """The language tasks as questions and answers (the input, if any, after the instruction)."""
-    return _text_only(tasks, lambda t: qa(" ".join(filter(None, (t.instruction, t.input))), t.output))
+    return _text_only(tasks, lambda t: qa(_task_question(t), t.output))
+
+
+def _task_question(task: LanguageTask) -> str:
+    return " ".join(filter(None, (task.instruction, task.input)))
+
+
+def dialogue_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:
+    """One image, then 2-4 questions about it with their sentence answers, in one of :data:`DIALOGUE_FORMS`; half
+    the rows start with a line of text (:data:`DIALOGUE_LEADS`) before the image."""
+    for scene, path in zip(scenes, image_paths, strict=True):
+        rng = random.Random(f"{seed}:{scene.key}:pretrain-dialogues")
+        form = rng.choice(DIALOGUE_FORMS)
+        lead = rng.choice(DIALOGUE_LEADS) if rng.random() < 0.5 else ""
+        asked = questions(scene, rng, rng.randint(*DIALOGUE_QUESTIONS))
+        yield {"images": [path], "text": lead + chunk(form.render([(q.text, q.answer) for q in asked]))}
+
+
+def text_dialogue_rows(tasks: list[LanguageTask], *, seed: int) -> Iterator[dict[str, Any]]:
+    """The language tasks as questions and answers, ``STATEMENTS_PER_ROW`` to a row, each row in one form."""
+    for start in range(0, len(tasks), STATEMENTS_PER_ROW):
+        form = random.Random(f"{seed}:text-dialogues:{start}").choice(DIALOGUE_FORMS)
+        pairs = [(_task_question(t), t.output) for t in tasks[start : start + STATEMENTS_PER_ROW]]
+        yield {"images": [], "text": form.render(pairs)}
 
 
 def tokenizer_corpus() -> Iterator[str]:

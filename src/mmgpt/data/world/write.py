@@ -13,7 +13,8 @@ Layout of ``OUT``::
     vqa/v2_*_questions.json, v2_*_annotations.json, vqa/train2014/*.jpg  (format vqa)
     language/alpaca_world.json        Alpaca layout                      (format alpaca)
     language/dolly_world.jsonl        Dolly layout                       (format dolly)
-    pretrain/{captions,interleaved,text,questions,qa}.jsonl   {"images": [...], "text": "<image>...<|endofchunk|>"}
+    pretrain/{captions,interleaved,text,questions,qa,dialogues,text-dialogues}.jsonl
+                                      {"images": [...], "text": "<image>...<|endofchunk|>"}
     tokenizer/                        the world's tokenizer (special tokens included)
     data.yaml                         the paper's recipe: no one-word (VQA) data
     data-one-word.yaml                the same plus the one-word VQA data
@@ -160,6 +161,10 @@ def generate_world(
         "text": _write_jsonl(out / "pretrain/text.jsonl", corpus.text_rows(language)),
         "questions": _write_jsonl(out / "pretrain/questions.jsonl", corpus.question_rows(scenes, paths, seed=cfg.seed)),
         "qa": _write_jsonl(out / "pretrain/qa.jsonl", corpus.qa_rows(language)),
+        "dialogues": _write_jsonl(out / "pretrain/dialogues.jsonl", corpus.dialogue_rows(scenes, paths, seed=cfg.seed)),
+        "text_dialogues": _write_jsonl(
+            out / "pretrain/text-dialogues.jsonl", corpus.text_dialogue_rows(language, seed=cfg.seed)
+        ),
     }
 
     tokenizer = tokenizer if tokenizer is not None else corpus.world_tokenizer(vocab_size=cfg.vocab_size)
