@@ -1,8 +1,8 @@
 """The embedded default: the tiny OpenFlamingo of the generated world, pretrained and shipped in the package.
 
 ``src/mmgpt/assets/tiny-world/`` is a model directory like any other (``mmgpt.load`` reads it); it was made by
-``mmgpt pretrain configs/tiny-world/pretrain.yaml`` then ``pretrain-2.yaml``, ``pretrain-3.yaml`` and
-``pretrain-4.yaml`` (docs/training.md) and is what ``mmgpt demo`` tunes.
+``mmgpt pretrain configs/tiny-world/pretrain.yaml`` then ``pretrain-2.yaml`` ... ``pretrain-5.yaml``
+(docs/training.md) and is what ``mmgpt demo`` tunes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def tiny_world_path() -> Path:
         raise FileNotFoundError(
             f"the embedded tiny model is missing from {TINY_WORLD}; reinstall mmgpt, or rebuild it with "
             "`mmgpt world generate build/pretrain-world --scenes 20000 --language 8000` and "
-            "`mmgpt pretrain configs/tiny-world/pretrain{,-2,-3,-4}.yaml` in turn (docs/training.md), "
-            "then copy build/tiny-pretrain-4/model there"
+            "`mmgpt pretrain configs/tiny-world/pretrain{,-2,-3,-4,-5}.yaml` in turn (docs/training.md), "
+            "then copy build/tiny-pretrain-5/model there"
         )
     return TINY_WORLD
