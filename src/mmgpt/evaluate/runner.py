@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from mmgpt.data.images import ImageTransform
 from mmgpt.data.templates import extract_response
 from mmgpt.data.tokenize import ConversationTokenizer, tokenize_prompt
+from mmgpt.data.world.corpus import PLAIN_QA
 from mmgpt.data.world.language import LanguageTask
 from mmgpt.data.world.render import render_scene
 from mmgpt.data.world.scene import Scene
@@ -31,7 +32,7 @@ from mmgpt.model.flamingo import Flamingo
 from mmgpt.tokens import END_OF_CHUNK, IMAGE
 
 STOP_STRINGS = ("\n###",)  # a model that runs on starts a new template section
-QA_STOP_STRINGS = (" Question:", END_OF_CHUNK)  # the next question, or the end of the image's text
+QA_STOP_STRINGS = (PLAIN_QA.next_question, END_OF_CHUNK)  # the next question, or the end of the image's text
 PROMPT_FORMATS = ("template", "qa")
 DEFAULT_BATCH_SIZE = 32
 
@@ -40,7 +41,7 @@ def qa_prompt(item: EvalItem) -> str:
     """``<image>Question: {instruction}[ {input}] Answer:`` - the form of ``pretrain/{questions,qa}.jsonl``."""
     message = item.prompt.messages[-1]
     question = " ".join(filter(None, (message.text, message.input)))
-    return f"{IMAGE * len(message.images)}Question: {question} Answer:"
+    return IMAGE * len(message.images) + PLAIN_QA.prompt(question)
 
 
 def _qa_answer(generated: str) -> str:

@@ -11,7 +11,7 @@ from mmgpt.data.config import load_data_config
 from mmgpt.data.loader import build_training_batches
 from mmgpt.data.sources import read_source
 from mmgpt.data.tokenize import load_tokenizer
-from mmgpt.data.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, DialogueForm
+from mmgpt.data.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, PLAIN_QA, DialogueForm
 from mmgpt.data.world.language import language_tasks
 from mmgpt.data.world.scene import Scene, sample_scenes
 from mmgpt.data.world.tasks import scene_tasks, task_conversations
@@ -111,6 +111,8 @@ def test_language_qa_rows_ask_each_task_then_answer_it(world):
 def test_a_dialogue_form_sets_out_questions_and_answers():
     form = DialogueForm("Q: ", "\nA: ", "\n")
     assert form.render([("Why?", "Because."), ("How many?", "Two.")]) == "Q: Why?\nA: Because.\nQ: How many?\nA: Two."
+    assert form.prompt("Why?") == "Q: Why?\nA:" and form.next_question == "\nQ:"
+    assert PLAIN_QA.prompt("Why?") == "Question: Why? Answer:" and PLAIN_QA.next_question == " Question:"
 
 
 def test_dialogue_rows_ask_about_one_image_in_several_layouts(world):

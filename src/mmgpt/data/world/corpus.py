@@ -61,7 +61,18 @@ class DialogueForm:
     def render(self, pairs: list[tuple[str, str]]) -> str:
         return self.separator.join(f"{self.question}{q}{self.answer}{a}" for q, a in pairs)
 
+    def prompt(self, question: str) -> str:
+        """The text up to an answer (its leading space is the answer's first token): how to ask a base."""
+        return f"{self.question}{question}{self.answer.rstrip(' ')}"
 
+    @property
+    def next_question(self) -> str:
+        """Where a generated answer ends: the start of the next question."""
+        return self.separator + self.question.rstrip(" ")
+
+
+# The layout of questions.jsonl and qa.jsonl, and of `mmgpt eval --prompt-format qa`.
+PLAIN_QA = DialogueForm("Question: ", " Answer: ", " ")
 DIALOGUE_FORMS: tuple[DialogueForm, ...] = (
     DialogueForm("Q: ", "\nA: ", "\n"),
     DialogueForm("User: ", "\nAssistant: ", "\n"),
@@ -106,21 +117,17 @@ def text_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
     return _text_only(tasks, lambda t: t.output)
 
 
-def qa(question: str, answer: str) -> str:
-    return f"Question: {question} Answer: {answer}"
-
-
 def question_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:
     """One image, then up to ``QUESTIONS_PER_IMAGE`` questions of different kinds with their sentence answers."""
     for scene, path in zip(scenes, image_paths, strict=True):
         rng = random.Random(f"{seed}:{scene.key}:pretrain-questions")
         asked = questions(scene, rng, QUESTIONS_PER_IMAGE)
-        yield {"images": [path], "text": chunk(" ".join(qa(q.text, q.answer) for q in asked))}
+        yield {"images": [path], "text": chunk(PLAIN_QA.render([(q.text, q.answer) for q in asked]))}
 
 
 def qa_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
     """The language tasks as questions and answers (the input, if any, after the instruction)."""
-    return _text_only(tasks, lambda t: qa(_task_question(t), t.output))
+    return _text_only(tasks, lambda t: PLAIN_QA.render([(_task_question(t), t.output)]))
 
 
 def _task_question(task: LanguageTask) -> str:

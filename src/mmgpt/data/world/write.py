@@ -162,7 +162,7 @@ def generate_world(
         "questions": _write_jsonl(out / "pretrain/questions.jsonl", corpus.question_rows(scenes, paths, seed=cfg.seed)),
         "qa": _write_jsonl(out / "pretrain/qa.jsonl", corpus.qa_rows(language)),
         "dialogues": _write_jsonl(out / "pretrain/dialogues.jsonl", corpus.dialogue_rows(scenes, paths, seed=cfg.seed)),
-        "text_dialogues": _write_jsonl(
+        "text-dialogues": _write_jsonl(
             out / "pretrain/text-dialogues.jsonl", corpus.text_dialogue_rows(language, seed=cfg.seed)
         ),
     }
