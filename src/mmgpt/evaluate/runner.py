@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from mmgpt.data.images import ImageTransform
 from mmgpt.data.templates import extract_response
 from mmgpt.data.tokenize import ConversationTokenizer, tokenize_prompt
-from mmgpt.data.world.corpus import PLAIN_QA
+from mmgpt.data.world.corpus import PLAIN_QA, question_text
 from mmgpt.data.world.language import LanguageTask
 from mmgpt.data.world.render import render_scene
 from mmgpt.data.world.scene import Scene
@@ -40,8 +40,7 @@ DEFAULT_BATCH_SIZE = 32
 def qa_prompt(item: EvalItem) -> str:
     """``<image>Question: {instruction}[ {input}] Answer:`` - the form of ``pretrain/{questions,qa}.jsonl``."""
     message = item.prompt.messages[-1]
-    question = " ".join(filter(None, (message.text, message.input)))
-    return IMAGE * len(message.images) + PLAIN_QA.prompt(question)
+    return IMAGE * len(message.images) + PLAIN_QA.prompt(question_text(message.text, message.input))
 
 
 def _qa_answer(generated: str) -> str:

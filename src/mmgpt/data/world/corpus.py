@@ -130,8 +130,13 @@ def qa_rows(tasks: list[LanguageTask]) -> Iterator[dict[str, Any]]:
     return _text_only(tasks, lambda t: PLAIN_QA.render([(_task_question(t), t.output)]))
 
 
+def question_text(instruction: str, input: str | None = None) -> str:
+    """What a Q&A text asks: the instruction, then its input (if any) after a space."""
+    return " ".join(filter(None, (instruction, input)))
+
+
 def _task_question(task: LanguageTask) -> str:
-    return " ".join(filter(None, (task.instruction, task.input)))
+    return question_text(task.instruction, task.input)
 
 
 def dialogue_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:
