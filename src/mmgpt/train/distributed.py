@@ -44,7 +44,7 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
 def init_distributed(env: Mapping[str, str], *, device: str = "auto") -> DistributedContext:
     """Join the process group torchrun describes in ``env`` (RANK, WORLD_SIZE, LOCAL_RANK); alone otherwise.
 
-    NCCL on CUDA, gloo on CPU.
+    NCCL for CUDA tensors, gloo for CPU ones (a CUDA run reduces its metric sums, kept on the CPU, through gloo).
     """
     world_size = int(env.get("WORLD_SIZE", "1"))
     rank, local_rank = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
@@ -52,7 +52,7 @@ def init_distributed(env: Mapping[str, str], *, device: str = "auto") -> Distrib
     if world_size > 1 and not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
-        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        backend = "cpu:gloo,cuda:nccl" if chosen.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
