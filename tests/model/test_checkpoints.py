@@ -8,22 +8,13 @@ import os
 
 import pytest
 import torch
-from peft import get_peft_model_state_dict
 
 from mmgpt.config import LoraConfig
 from mmgpt.lora import apply_lora, lora_parameters, trainable_parameter_table
 from mmgpt.model.checkpoints import load_multimodal_gpt_lora, load_openflamingo_checkpoint
 from mmgpt.model.torch_files import UnsafeCheckpointError
-from tests.model.conftest import random_images, tiny_model
-
-
-class TuningConfig:
-    """Stands for MultiModal-GPT's pickled mmengine config: a class the loader cannot (and must not) import."""
-
-    def __init__(self):
-        self.lora = True
-        self.lora_r = 16
-        self.lora_target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "to_q", "to_kv", "to_out", "ff.1", "ff.3"]
+from tests.model.conftest import logits, tiny_model
+from tests.model.reference_files import TuningConfig, multimodal_gpt_lora_file, openflamingo_state
 
 
 class RunsCode:
@@ -34,16 +25,6 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def prompt(model) -> torch.Tensor:
-    image = model.special.image
-    return torch.tensor([[image, 5, 6, 7, image, 8, 9, 10], [image, 11, 12, image, 13, 14, 15, 16]])
-
-
-def logits(model) -> torch.Tensor:
-    with torch.no_grad():
-        return model(prompt(model), images=random_images(4).unflatten(0, (2, 2))).logits
-
-
 def scramble_trainable_parts(model, seed: int = 7) -> None:
     """Overwrite what OpenFlamingo checkpoints hold (perceiver, gated blocks, input embeddings) with noise."""
     gen = torch.Generator().manual_seed(seed)
@@ -52,21 +33,6 @@ def scramble_trainable_parts(model, seed: int = 7) -> None:
     with torch.no_grad():
         for p in params:
             p.copy_(torch.randn(p.shape, generator=gen))
-
-
-def openflamingo_state(model, *, alias: bool) -> dict[str, torch.Tensor]:
-    """The keys of an OpenFlamingo checkpoint.pt: perceiver, blocks (v1: twice), input embeddings."""
-    state = {f"perceiver.{n}": p.detach() for n, p in model.perceiver.named_parameters()}
-    layers = model.decoder_layers_path
-    for i, block in model.gated_blocks().items():
-        for n, p in block.named_parameters():
-            state[f"lang_encoder.{layers}.{i}.gated_cross_attn_layer.{n}"] = p.detach()
-            if alias:  # the same module registered a second time: the same storage, as torch.save keeps it
-                state[f"lang_encoder.gated_cross_attn_layers.{i}.{n}"] = p.detach()
-    emb = model.lang_encoder.get_input_embeddings().weight
-    name = next(n for n, p in model.lang_encoder.named_parameters() if p is emb)
-    state[f"lang_encoder.{name}"] = emb.detach()
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -159,34 +125,6 @@ def test_wrong_shape_is_an_error_naming_the_tensor(llama_v1, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ MultiModal-GPT
-def multimodal_gpt_lora_file(model, path, *, peft_naming: str, decoder_layer: bool, alias: bool) -> None:
-    """Write the LoRA file as MultiModal-GPT's trainer did: DDP prefix, peft wrapper, pickled tuning_config.
-
-    The reference wraps each LLaMA layer as FlamingoLayer(..., decoder_layer), so its self-attention keys read
-    ``model.layers.{i}.decoder_layer.self_attn...``; reference.md writes them without it - both are accepted.
-    """
-    state = {}
-    for key, value in get_peft_model_state_dict(
-        model.lang_encoder
-    ).items():  # model.layers.0.self_attn.q_proj.lora_A.weight
-        if decoder_layer and "gated_cross_attn_layer" not in key:
-            head, rest = key.split(".", 3)[:3], key.split(".", 3)[3]
-            key = ".".join([*head, "decoder_layer", rest])
-        if peft_naming == "new":
-            key = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
-                ".lora_B.weight", ".lora_B.default.weight"
-            )
-        state[f"module.lang_encoder.base_model.model.{key}"] = value
-        if alias and ".gated_cross_attn_layer." in key:
-            i = key.split(".")[2]
-            tail = key.split(".gated_cross_attn_layer.", 1)[1]
-            state[f"module.lang_encoder.base_model.model.gated_cross_attn_layers.{i}.{tail}"] = value
-    state["module.lang_encoder.base_model.model.model.layers.0.decoder_layer.self_attn.rotary_emb.inv_freq"] = (
-        torch.arange(8.0)
-    )
-    torch.save({"model_state_dict": state, "tuning_config": TuningConfig()}, path)
-
-
 @pytest.mark.parametrize(
     ("peft_naming", "decoder_layer", "alias"), [("old", True, True), ("new", False, False), ("new", True, True)]
 )

@@ -6,7 +6,7 @@ import torch
 
 import mmgpt
 from mmgpt.cli import main
-from tests.model.test_load import downloads, logits  # noqa: F401 (the fixture)
+from tests.model.conftest import logits
 
 
 def export_args(files, out, *extra):
@@ -16,7 +16,7 @@ def export_args(files, out, *extra):
             "--lora", str(root / "lora.pt"), *extra]  # fmt: skip
 
 
-def test_exported_model_gives_the_logits_of_base_plus_adapter(downloads, tmp_path, capsys):  # noqa: F811
+def test_exported_model_gives_the_logits_of_base_plus_adapter(downloads, tmp_path, capsys):
     assert main(export_args(downloads, tmp_path / "exported")) == 0
     assert "load it with mmgpt.load" in capsys.readouterr().out
     model, tokenizer = mmgpt.load(tmp_path / "exported")
@@ -27,7 +27,7 @@ def test_exported_model_gives_the_logits_of_base_plus_adapter(downloads, tmp_pat
     torch.testing.assert_close(logits(model), logits(downloads["tuned"]), rtol=0, atol=1e-5)
 
 
-def test_export_in_bf16_and_refusals(downloads, tmp_path, capsys):  # noqa: F811
+def test_export_in_bf16_and_refusals(downloads, tmp_path, capsys):
     assert main(export_args(downloads, tmp_path / "bf16", "--dtype", "bfloat16")) == 0
     model, _ = mmgpt.load(tmp_path / "bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -5,7 +5,6 @@ identical logits, dtypes, clear errors, and the memory a load takes."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -14,52 +13,10 @@ import pytest
 import torch
 
 import mmgpt
-from mmgpt.config import LoraConfig, save_yaml
-from mmgpt.lora import apply_lora, lora_parameters, merge_lora
-from mmgpt.model.build import build_language_model, build_model, build_vision_encoder
+from mmgpt.lora import merge_lora
+from mmgpt.model.build import build_language_model, build_model
 from mmgpt.model.checkpoints import save_pretrained
-from tests.model.conftest import make_tokenizer, random_images, tiny_config
-from tests.model.test_checkpoints import multimodal_gpt_lora_file, openflamingo_state
-
-
-def logits(model) -> torch.Tensor:
-    image = model.special.image
-    ids = torch.tensor([[image, 5, 6, 7, image, 8, 9, 10], [image, 11, 12, image, 13, 14, 15, 16]])
-    with torch.no_grad():
-        return model(ids, images=random_images(4).unflatten(0, (2, 2))).logits.float()
-
-
-@pytest.fixture(scope="module")
-def downloads(tmp_path_factory):
-    """What a user downloads, for a tiny model: LM dir (+ tokenizer), CLIP dir, checkpoint.pt, the LoRA file."""
-    root = tmp_path_factory.mktemp("downloads")
-    tokenizer = make_tokenizer()
-    cfg = tiny_config("llama", "following", vocab_size=len(tokenizer))
-    torch.manual_seed(0)
-    build_language_model(cfg).save_pretrained(root / "llama")
-    tokenizer.save_pretrained(root / "llama")
-    build_vision_encoder(cfg.vision).model.save_pretrained(root / "clip")
-    save_yaml(cfg, root / "tiny.yaml")
-    (root / "tiny-mmgpt.yaml").write_text(f"base: {root / 'tiny.yaml'}\nlora:\n  r: 16\n  alpha: 16\n")
-
-    paths = dataclasses.replace(
-        cfg,
-        lm=dataclasses.replace(cfg.lm, path=str(root / "llama")),
-        vision=dataclasses.replace(cfg.vision, path=str(root / "clip")),
-    )
-    base, _ = build_model(paths)
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():  # a trained checkpoint: non-zero gates, so the images matter
-        for name, p in base.named_parameters():
-            if name.startswith("perceiver.") or "gated_cross_attn_layer" in name or "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if "gate" in name else 0.1))
-    torch.save(openflamingo_state(base, alias=True), root / "checkpoint.pt")
-    tuned = apply_lora(copy.deepcopy(base), LoraConfig())
-    with torch.no_grad():
-        for p in lora_parameters(tuned):
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    multimodal_gpt_lora_file(tuned, root / "lora.pt", peft_naming="old", decoder_layer=True, alias=True)
-    return {"root": root, "base": base, "tuned": tuned}
+from tests.model.conftest import logits, make_tokenizer, tiny_config
 
 
 def load_tiny(downloads, preset="tiny.yaml", **kwargs):
