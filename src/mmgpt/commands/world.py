@@ -22,6 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--image-size", type=int, default=defaults.image_size, help="pixels (default %(default)s)")
     generate.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="tokenizer vocabulary cap")
     generate.set_defaults(run=run_generate)
+    probe = verbs.add_parser(
+        "probe", help="linear probes: what a model's ViT patches and perceiver latents hold about each grid cell"
+    )
+    probe.add_argument("model", help="a model directory saved by mmgpt (e.g. src/mmgpt/assets/tiny-world)")
+    probe.add_argument("--scenes", type=int, default=2000, help="scenes probed, 80%% fit / 20%% scored (%(default)s)")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the probe's scenes (default %(default)s)")
+    probe.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    probe.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    probe.set_defaults(run=run_probe)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,4 +73,50 @@ def run_generate(args: argparse.Namespace) -> int:
         f"VQA data); check with `mmgpt data check {args.out}/{DATA_CONFIG}`",
         highlight=False,
     )
+    return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from mmgpt.evaluate.probe import probe_cells
+    from mmgpt.load import load
+
+    console = Console()
+    if args.scenes < 50:
+        console.print(f"error: --scenes {args.scenes} is too few to fit and score a probe; use 50 or more")
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model, _ = load(args.model)
+    figures = probe_cells(model, scenes=args.scenes, seed=args.seed)
+    table = Table(
+        title=f"{args.model}: per-cell linear probes, {args.scenes} scenes ({time.perf_counter() - start:.0f} s)"
+    )
+    table.add_column("attribute")
+    table.add_column("features")
+    table.add_column("mean", justify="right")
+    table.add_column("each cell, % (reading order)", justify="right")
+    for attribute in ("kind", "colour"):
+        for name, shape in figures["features"].items():
+            cells = figures["accuracy"][name][attribute]
+            mean = figures["mean"][name][attribute]
+            table.add_row(
+                attribute, f"{name} {shape[0]} x {shape[1]}", f"{mean:.1%}", " ".join(f"{100 * a:.0f}" for a in cells)
+            )
+    console.print(table)
+    console.print(
+        "[dim]accuracy on the held-out fifth of the scenes whose cell holds a shape; a cell the patches hold and the "
+        "latents do not is lost in the perceiver.[/dim]"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=1))
+        console.print(f"wrote {args.out}", highlight=False)
     return 0

@@ -1,0 +1,92 @@
+"""Where the image information goes: linear probes of what a model's vision features hold about each grid cell.
+
+For every cell of the world's 3 x 3 grid and an attribute (the shape's kind or colour), a ridge-regression probe is
+fit on the features of most of the scenes and scored on the rest, counting only scenes where the cell holds a
+shape. Two feature sets are read off the same images: the ViT's patch tokens (what the vision encoder saw) and the
+perceiver's latents (what the language model's cross-attention can read). A probe that reads a cell from the
+patches but not from the latents locates a loss in the perceiver.
+
+    mmgpt world probe MODEL [--scenes 2000]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mmgpt.data.images import ImageTransform
+from mmgpt.data.world.render import render_scene
+from mmgpt.data.world.scene import GRID, Scene, sample_scenes
+from mmgpt.model.flamingo import Flamingo
+
+ATTRIBUTES = ("kind", "colour")
+EMPTY = "empty"
+
+
+def ridge_probe(features: torch.Tensor, labels: Sequence[str], *, ridge: float = 10.0, train_fraction: float = 0.8,
+                scored: Sequence[bool] | None = None) -> float:  # fmt: skip
+    """Accuracy of a one-vs-rest ridge regression from ``features`` [n, ...] (flattened) to ``labels``: fit on the
+    first ``train_fraction`` of the rows, scored on the rest where ``scored`` is true (default: all of them)."""
+    x = features.flatten(1).double()
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    classes = sorted(set(labels))
+    y = torch.zeros(len(x), len(classes), dtype=x.dtype)
+    y[torch.arange(len(x)), torch.tensor([classes.index(label) for label in labels])] = 1
+    n = int(train_fraction * len(x))
+    if not 0 < n < len(x):
+        raise ValueError(f"train_fraction={train_fraction} leaves no rows to fit or to score among {len(x)}")
+    a = x[:n]
+    weights = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=x.dtype), a.T @ y[:n])
+    correct = (x[n:] @ weights).argmax(1) == y[n:].argmax(1)
+    mask = torch.ones(len(correct), dtype=torch.bool) if scored is None else torch.tensor(list(scored[n:]))
+    if not mask.any():
+        raise ValueError("no held-out row is scored; probe more scenes")
+    return float(correct[mask].double().mean())
+
+
+@torch.no_grad()
+def image_features(model: Flamingo, scenes: Sequence[Scene], *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """``{"patches": [n, p, d], "latents": [n, l, d]}`` of each scene, rendered as the world renders it and
+    preprocessed to the model's image size."""
+    transform = ImageTransform(size=model.vision_encoder.image_size)
+    patches, latents = [], []
+    for start in range(0, len(scenes), batch_size):
+        pixels = torch.stack([transform(render_scene(s)) for s in scenes[start : start + batch_size]])
+        tokens = model.vision_encoder(pixels.to(model.device))
+        patches.append(tokens.float().cpu())
+        latents.append(model.perceiver(tokens[:, None])[:, 0].float().cpu())
+    return {"patches": torch.cat(patches), "latents": torch.cat(latents)}
+
+
+def cell_labels(scenes: Sequence[Scene], attribute: str, row: int, column: int) -> list[str]:
+    """The ``attribute`` of the shape in cell (row, column) of each scene, or ``"empty"``."""
+    labels = []
+    for scene in scenes:
+        shape = next((s for s in scene.shapes if (s.row, s.column) == (row, column)), None)
+        labels.append(EMPTY if shape is None else getattr(shape, attribute))
+    return labels
+
+
+def probe_cells(model: Flamingo, *, scenes: int = 2000, seed: int = 0, ridge: float = 10.0) -> dict[str, Any]:
+    """Per-cell probe accuracies: ``{"scenes": n, "features": {name: [tokens, width]}, "cells": [[row, column]...],
+    "accuracy": {feature set: {attribute: [one per cell]}}, "mean": {feature set: {attribute: mean}}}``."""
+    sampled = sample_scenes(seed, "probe", scenes)
+    features = image_features(model, sampled)
+    cells = [(r, c) for r in range(GRID) for c in range(GRID)]
+    accuracy: dict[str, dict[str, list[float]]] = {name: {} for name in features}
+    for attribute in ATTRIBUTES:
+        per_cell = [cell_labels(sampled, attribute, r, c) for r, c in cells]
+        for name, values in features.items():
+            accuracy[name][attribute] = [
+                ridge_probe(values, labels, ridge=ridge, scored=[label != EMPTY for label in labels])
+                for labels in per_cell
+            ]
+    return {
+        "scenes": scenes,
+        "features": {name: list(values.shape[1:]) for name, values in features.items()},
+        "cells": [list(cell) for cell in cells],
+        "accuracy": accuracy,
+        "mean": {name: {a: sum(v) / len(v) for a, v in by.items()} for name, by in accuracy.items()},
+    }
