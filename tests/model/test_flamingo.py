@@ -199,3 +199,22 @@ def test_save_and_load_round_trip_keeps_logits_and_media_mask(tmp_path, family, 
     ids, images = prompt_ids(tokenizer), random_images(2)[None]
     with torch.no_grad():
         assert torch.equal(loaded(ids, images=images).logits, model(ids, images=images).logits)
+
+
+def test_grown_latents_keep_the_trained_ones_and_save_and_load_grown(tmp_path):
+    model, tokenizer = tiny_model()
+    before = model.perceiver.latents.detach().clone()
+    model.grow_latents(before.shape[0] + 4, seed=3)
+    grown = model.perceiver.latents.detach()
+    assert grown.shape == (before.shape[0] + 4, before.shape[1]) and torch.equal(grown[: before.shape[0]], before)
+    torch.manual_seed(0)  # the new latents come from the seed alone, not from the global generator
+    again, _ = tiny_model()
+    again.grow_latents(before.shape[0] + 4, seed=3)
+    assert torch.equal(again.perceiver.latents, model.perceiver.latents)
+    assert model.config.perceiver.num_latents == before.shape[0] + 4
+    loaded, _ = load_pretrained(save_pretrained(model, tokenizer, tmp_path / "grown"))
+    assert torch.equal(loaded.perceiver.latents, model.perceiver.latents)
+    with pytest.raises(ValueError, match="can grow to 2 only if"):
+        model.grow_latents(2)
+    with pytest.raises(ValueError, match="cannot add -1 latents"):
+        model.perceiver.add_latents(-1)

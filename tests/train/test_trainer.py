@@ -211,3 +211,17 @@ def test_vision_positions_adds_the_table_before_training(train_config, tiny_mode
     Trainer(load_train_config(train_config, ["vision_positions=3.0"]), model, tokenizer)
     added = (weight.detach() - before)[1:]
     assert torch.allclose(added.norm(dim=1), torch.full((added.shape[0],), 3.0))
+
+
+def test_perceiver_latents_grows_the_perceiver_trains_and_saves_it_grown(train_config, tiny_model_dir):
+    from mmgpt.train.run import load_base_model
+
+    base, _ = load_base_model(str(tiny_model_dir))
+    have = base.perceiver.num_latents
+    overrides = ["trainable=openflamingo", f"perceiver_latents={have + 3}", "max_steps=2", "checkpoint.every=0"]
+    result = train(load_train_config(train_config, overrides))
+    model, _ = load_pretrained(result.output)
+    assert model.perceiver.num_latents == model.config.perceiver.num_latents == have + 3
+    assert not torch.equal(model.perceiver.latents[:have], base.perceiver.latents)  # trained, not only copied
+    with pytest.raises(ConfigError, match="a LoRA run neither trains nor saves"):
+        load_train_config(train_config, [f"perceiver_latents={have + 3}"])

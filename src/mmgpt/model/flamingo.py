@@ -10,7 +10,7 @@ p patches, n latents, d_v vision width, V vocabulary.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -107,6 +107,15 @@ class Flamingo(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.perceiver.latents.device
+
+    def grow_latents(self, total: int, *, seed: int = 0) -> None:
+        """Give the perceiver ``total`` latents: its own kept, the new ones drawn from ``seed``
+        (:meth:`PerceiverResampler.add_latents`); the config follows, so the model saves and loads as grown."""
+        have = self.perceiver.num_latents
+        if total < have:
+            raise ValueError(f"the perceiver has {have} latents; it can grow to {total} only if {total} >= {have}")
+        self.perceiver.add_latents(total - have, generator=torch.Generator().manual_seed(seed))
+        self.config = replace(self.config, perceiver=replace(self.config.perceiver, num_latents=total))
 
     # ------------------------------------------------------------------ images
     def encode_images(self, images: torch.Tensor, image_counts: torch.Tensor | None = None) -> Media:

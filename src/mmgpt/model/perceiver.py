@@ -75,6 +75,16 @@ class PerceiverResampler(nn.Module):
     def num_latents(self) -> int:
         return self.latents.shape[0]
 
+    @torch.no_grad()
+    def add_latents(self, count: int, *, generator: torch.Generator | None = None) -> None:
+        """Append ``count`` latents, drawn like fresh ones (normal) at the scale of the trained ones (their std);
+        the trained latents are kept, in their places. Every layer's weights work for any number of latents."""
+        if count < 0:
+            raise ValueError(f"cannot add {count} latents; to keep the perceiver as it is, add 0")
+        old = self.latents.data
+        fresh = torch.randn(count, old.shape[1], generator=generator, dtype=torch.float32) * old.float().std()
+        self.latents = nn.Parameter(torch.cat([old, fresh.to(old)]), requires_grad=self.latents.requires_grad)
+
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         b, m = patches.shape[:2]
         media = patches.flatten(0, 1)  # [b*m, p, d]

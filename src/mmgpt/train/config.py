@@ -107,6 +107,10 @@ class TrainConfig:
     # (VisionEncoder.add_position_table): for a from-scratch ViT whose patch embeddings outgrew its position
     # embeddings and so cannot tell where anything is. None: leave them.
     vision_positions: float | None = None
+    # Before training, grow the perceiver to this many latents (Flamingo.grow_latents: its own kept, the new ones
+    # drawn from ``seed``): for a base whose latents cannot hold every object of a busy image (`mmgpt world probe`
+    # reads what they hold). None: leave them. A resumed run grows the base the same way, then loads its weights.
+    perceiver_latents: int | None = None
     trainable: Trainable = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -129,6 +133,11 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be >= 1 or null (from epochs), got {self.max_steps}")
         if self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.perceiver_latents is not None and self.trainable == "lora":
+            raise ConfigError(
+                f"perceiver_latents={self.perceiver_latents} adds latents that a LoRA run neither trains nor saves; "
+                "grow them while pretraining (trainable: openflamingo, full or all)"
+            )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

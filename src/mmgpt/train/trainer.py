@@ -137,6 +137,8 @@ class Trainer:
                     block.ff_gate.fill_(cfg.gate_init)
         if cfg.vision_positions is not None:
             model.vision_encoder.add_position_table(cfg.vision_positions)
+        if cfg.perceiver_latents is not None:
+            model.grow_latents(cfg.perceiver_latents, seed=cfg.seed)
         self.trainable = make_trainable(model, cfg.trainable, cfg.lora)
         model.to(self.ctx.device)
         if cfg.gradient_checkpointing:
