@@ -18,32 +18,54 @@ import torch
 
 from mmgpt.data.images import ImageTransform
 from mmgpt.data.world.render import render_scene
-from mmgpt.data.world.scene import GRID, Scene, sample_scenes
+from mmgpt.data.world.scene import GRID, POSITIONS, Scene, sample_scenes
 from mmgpt.model.flamingo import Flamingo
 
 ATTRIBUTES = ("kind", "colour")
 EMPTY = "empty"
 
 
-def ridge_probe(features: torch.Tensor, labels: Sequence[str], *, ridge: float = 10.0, train_fraction: float = 0.8,
-                scored: Sequence[bool] | None = None) -> float:  # fmt: skip
-    """Accuracy of a one-vs-rest ridge regression from ``features`` [n, ...] (flattened) to ``labels``: fit on the
-    first ``train_fraction`` of the rows, scored on the rest where ``scored`` is true (default: all of them)."""
+def ridge_probes(
+    features: torch.Tensor,
+    label_sets: Sequence[Sequence[str]],
+    *,
+    ridge: float = 10.0,
+    train_fraction: float = 0.8,
+    scored: Sequence[Sequence[bool] | None] | None = None,
+) -> list[float]:
+    """Accuracy of a one-vs-rest ridge regression from ``features`` [n, ...] (flattened) to each of ``label_sets``:
+    fit on the first ``train_fraction`` of the rows, scored on the rest where its ``scored`` is true (default: all).
+    Every probe shares the features, so one solve (one factorisation of the Gram matrix) fits them all."""
     x = features.flatten(1).double()
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    classes = sorted(set(labels))
-    y = torch.zeros(len(x), len(classes), dtype=x.dtype)
-    y[torch.arange(len(x)), torch.tensor([classes.index(label) for label in labels])] = 1
     n = int(train_fraction * len(x))
     if not 0 < n < len(x):
         raise ValueError(f"train_fraction={train_fraction} leaves no rows to fit or to score among {len(x)}")
+    blocks, targets = [], []
+    for labels in label_sets:
+        classes = sorted(set(labels))
+        y = torch.zeros(len(x), len(classes), dtype=x.dtype)
+        y[torch.arange(len(x)), torch.tensor([classes.index(label) for label in labels])] = 1
+        blocks.append(len(classes))
+        targets.append(y)
+    y = torch.cat(targets, dim=1)
     a = x[:n]
-    weights = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=x.dtype), a.T @ y[:n])
-    correct = (x[n:] @ weights).argmax(1) == y[n:].argmax(1)
-    mask = torch.ones(len(correct), dtype=torch.bool) if scored is None else torch.tensor(list(scored[n:]))
-    if not mask.any():
-        raise ValueError("no held-out row is scored; probe more scenes")
-    return float(correct[mask].double().mean())
+    predicted = x[n:] @ torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=x.dtype), a.T @ y[:n])
+    accuracies = []
+    for i, (scores, truth) in enumerate(zip(predicted.split(blocks, 1), y[n:].split(blocks, 1), strict=True)):
+        mask = None if scored is None else scored[i]
+        mask = torch.ones(len(truth), dtype=torch.bool) if mask is None else torch.tensor(list(mask[n:]))
+        if not mask.any():
+            raise ValueError("no held-out row is scored; probe more scenes")
+        accuracies.append(float((scores.argmax(1) == truth.argmax(1))[mask].double().mean()))
+    return accuracies
+
+
+def ridge_probe(
+    features: torch.Tensor, labels: Sequence[str], *, scored: Sequence[bool] | None = None, **options: float
+) -> float:
+    """:func:`ridge_probes` for one set of labels."""
+    return ridge_probes(features, [labels], scored=[scored], **options)[0]
 
 
 @torch.no_grad()
@@ -62,11 +84,8 @@ def image_features(model: Flamingo, scenes: Sequence[Scene], *, batch_size: int 
 
 def cell_labels(scenes: Sequence[Scene], attribute: str, row: int, column: int) -> list[str]:
     """The ``attribute`` of the shape in cell (row, column) of each scene, or ``"empty"``."""
-    labels = []
-    for scene in scenes:
-        shape = next((s for s in scene.shapes if (s.row, s.column) == (row, column)), None)
-        labels.append(EMPTY if shape is None else getattr(shape, attribute))
-    return labels
+    shapes = (scene.at(POSITIONS[(row, column)]) for scene in scenes)
+    return [EMPTY if shape is None else getattr(shape, attribute) for shape in shapes]
 
 
 def probe_cells(model: Flamingo, *, scenes: int = 2000, seed: int = 0, ridge: float = 10.0) -> dict[str, Any]:
@@ -76,13 +95,12 @@ def probe_cells(model: Flamingo, *, scenes: int = 2000, seed: int = 0, ridge: fl
     features = image_features(model, sampled)
     cells = [(r, c) for r in range(GRID) for c in range(GRID)]
     accuracy: dict[str, dict[str, list[float]]] = {name: {} for name in features}
-    for attribute in ATTRIBUTES:
-        per_cell = [cell_labels(sampled, attribute, r, c) for r, c in cells]
-        for name, values in features.items():
-            accuracy[name][attribute] = [
-                ridge_probe(values, labels, ridge=ridge, scored=[label != EMPTY for label in labels])
-                for labels in per_cell
-            ]
+    label_sets = [cell_labels(sampled, attribute, r, c) for attribute in ATTRIBUTES for r, c in cells]
+    scored = [[label != EMPTY for label in labels] for labels in label_sets]
+    for name, values in features.items():
+        found = ridge_probes(values, label_sets, ridge=ridge, scored=scored)
+        for i, attribute in enumerate(ATTRIBUTES):
+            accuracy[name][attribute] = found[i * len(cells) : (i + 1) * len(cells)]
     return {
         "scenes": scenes,
         "features": {name: list(values.shape[1:]) for name, values in features.items()},
