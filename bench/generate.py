@@ -30,6 +30,7 @@ from transformers import DynamicCache
 from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
 from mmgpt.generate import GenerationConfig, generate
 from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
+from mmgpt.model.flamingo import lm_cache_argument
 from mmgpt.tokens import SpecialTokenIds
 from sizes import SMALL_LLAMA  # bench/ is on sys.path when a benchmark runs
 
@@ -95,11 +96,11 @@ def run_flamingo(model, ids, images, n, *, recompute: bool) -> float:
 
 
 def run_bare(lm, ids, n) -> float:
-    kv = DynamicCache()
-    out = lm(input_ids=ids, past_key_values=kv, use_cache=True)
+    kv = {lm_cache_argument(lm): DynamicCache()}
+    out = lm(input_ids=ids, **kv, use_cache=True)
 
     def step(token):
-        return lm(input_ids=token, past_key_values=kv, use_cache=True).logits[:, -1]
+        return lm(input_ids=token, **kv, use_cache=True).logits[:, -1]
 
     return time_decode(step, out.logits[:, -1], n)
 

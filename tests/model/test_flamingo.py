@@ -1,5 +1,6 @@
 import copy
 import threading
+import warnings
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from mmgpt.model.build import (
     openflamingo_trainable,
 )
 from mmgpt.model.checkpoints import load_pretrained, save_pretrained
+from mmgpt.model.flamingo import lm_cache_argument
 from mmgpt.model.fusion import decoder_layers
 from mmgpt.tokens import add_special_tokens
 from tests.model.conftest import make_tokenizer, openflamingo_9b_v1_on_meta, random_images, tiny_config, tiny_model
@@ -218,3 +220,26 @@ def test_grown_latents_keep_the_trained_ones_and_save_and_load_grown(tmp_path):
         model.grow_latents(2)
     with pytest.raises(ValueError, match="cannot add -1 latents"):
         model.perceiver.add_latents(-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_lm_cache_goes_by_the_name_this_transformers_takes(family):
+    model, tokenizer = tiny_model(family)
+    ids = prompt_ids(tokenizer)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        out = model(ids, images=random_images(2)[None], use_cache=True)
+        model(ids, images=random_images(2)[None])  # training-style call: no cache at all
+    assert not [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    assert out.cache is not None and out.cache.kv.get_seq_length() == ids.shape[1]
+
+
+def test_lm_cache_argument_follows_the_forward_signature():
+    class Before524(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None): ...
+
+    class Since524(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=None): ...
+
+    assert lm_cache_argument(Before524()) == "past_key_values"
+    assert lm_cache_argument(Since524()) == "cache"

@@ -64,6 +64,13 @@ class FlamingoOutput:
     cache: FlamingoCache | None
 
 
+def lm_cache_argument(lm: nn.Module) -> str:
+    """The name under which ``lm.forward`` takes (and its output returns) the KV cache: ``cache`` since
+    transformers 5.24 (``past_key_values`` warns at every call there and goes in 5.40), ``past_key_values``
+    before."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
 class Flamingo(nn.Module):
     """Vision-language model with cross-attention fusion (OpenFlamingo, and MultiModal-GPT on top of it)."""
 
@@ -97,6 +104,7 @@ class Flamingo(nn.Module):
             ),
         )
         self._lm_takes_position_ids = "position_ids" in inspect.signature(lang_encoder.forward).parameters
+        self._lm_cache_argument = lm_cache_argument(lang_encoder)
         self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ parts
@@ -204,7 +212,7 @@ class Flamingo(nn.Module):
         chunk_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids)
         full_mask = chunk_mask if cache is None else torch.cat([cache.attention_mask.to(device), chunk_mask], 1)
         kv = cache.kv if cache is not None else (DynamicCache() if use_cache else None)
-        lm_kwargs = {}
+        lm_kwargs = {} if kv is None else {self._lm_cache_argument: kv}
         padded = not bool(full_mask.all())
         if padded and self._lm_takes_position_ids:
             positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)
@@ -219,13 +227,12 @@ class Flamingo(nn.Module):
             out = self.lang_encoder(
                 input_ids=input_ids,
                 attention_mask=full_mask if padded else None,
-                past_key_values=kv,
                 use_cache=kv is not None,
                 **lm_kwargs,
             )
         new_cache = None
         if kv is not None:
-            new_cache = FlamingoCache(out.past_key_values, media, images_seen, full_mask)
+            new_cache = FlamingoCache(getattr(out, self._lm_cache_argument), media, images_seen, full_mask)
         return FlamingoOutput(out.logits, new_cache)
 
     def _check_image_tokens(self, seen: torch.Tensor, counts: torch.Tensor, *, complete: bool) -> None:
