@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from mmgpt.cli import main
-from mmgpt.data.world.scene import Scene, Shape
-from mmgpt.evaluate.probe import cell_labels, probe_cells, ridge_probe
+from mmgpt.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape, sample_scenes
+from mmgpt.evaluate.probe import cell_labels, probe_cells, read_cells, ridge_probe, value_token_ids
+from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints import save_pretrained
-from tests.model.conftest import tiny_model
+from tests.model.conftest import make_tokenizer, tiny_config, tiny_model
 
 
 def test_a_label_written_in_the_features_is_read_exactly():
@@ -69,7 +70,59 @@ def test_the_command_prints_the_table_and_writes_the_json(saved_tiny, tmp_path, 
     out = tmp_path / "probe.json"
     assert main(["world", "probe", str(saved_tiny), "--scenes", "60", "--out", str(out)]) == 0
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps to the terminal width
-    assert "per-cell linear probes, 60 scenes" in printed and "latents" in printed
+    assert "per-cell probes, 60 scenes" in printed and "latents" in printed
+    assert "not reading grid captions: the tokenizer splits" in printed  # the test model's tokenizer is not the world's
     assert json.loads(out.read_text())["scenes"] == 60
     assert main(["world", "probe", str(saved_tiny), "--scenes", "10"]) == 2
     assert "too few" in capsys.readouterr().out
+
+
+class FixedReader:
+    """Stands in for a model in read_cells: logits from ``choose(input_ids)`` ([b, T] -> token id per position)."""
+
+    def __init__(self, vocab: int, choose):
+        self.vocab, self.choose = vocab, choose
+        self.device = torch.device("cpu")
+        self.vision_encoder = type("Vision", (), {"image_size": 96})()
+
+    def __call__(self, input_ids, *, images, attention_mask):
+        assert images.shape[:3] == (input_ids.shape[0], 1, 1) and attention_mask.shape == input_ids.shape
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits.scatter_(2, self.choose(input_ids)[..., None], 1.0)
+        return type("Out", (), {"logits": logits})()
+
+
+def test_read_cells_scores_the_value_predicted_before_each_word(tokenizer):
+    scenes = sample_scenes(0, "read", 30)
+    oracle = FixedReader(len(tokenizer), lambda ids: torch.cat([ids[:, 1:], ids[:, :1]], dim=1))  # the next token
+    assert read_cells(oracle, tokenizer, scenes, batch_size=7) == {"kind": [1.0] * 9, "colour": [1.0] * 9}
+    ids = value_token_ids(tokenizer)
+    red_circle = FixedReader(len(tokenizer), lambda t: torch.full_like(t, ids["red"]))  # colour: always red
+    read = read_cells(red_circle, tokenizer, scenes, batch_size=64)
+    for i, position in enumerate(POSITIONS.values()):
+        shapes = [s.at(position) for s in scenes if s.at(position) is not None]
+        assert read["colour"][i] == sum(s.colour == "red" for s in shapes) / len(shapes)
+        assert read["kind"][i] == sum(s.kind == SHAPES[0] for s in shapes) / len(shapes)  # ties: the first value
+
+
+def test_reading_needs_one_token_per_value_word(tokenizer):
+    assert set(value_token_ids(tokenizer)) == {*SHAPES, *COLOURS}
+    with pytest.raises(
+        ValueError,
+        match=r"splits 'square' into 4 tokens \[.*\]; reading cells needs one token per colour and shape word",
+    ):
+        value_token_ids(make_tokenizer())
+
+
+def test_probe_cells_reads_grid_captions_with_the_world_tokenizer(tokenizer):
+    torch.manual_seed(0)
+    model, tokenizer = build_model(tiny_config(vocab_size=len(tokenizer)), tokenizer=tokenizer)
+    figures = probe_cells(model.eval(), tokenizer, scenes=60)
+    assert set(figures["accuracy"]) == {"patches", "latents", "read"} and set(figures["features"]) == {
+        "patches",
+        "latents",
+    }
+    for attribute in ("kind", "colour"):
+        read = figures["accuracy"]["read"][attribute]
+        assert len(read) == 9 and all(0.0 <= a <= 1.0 for a in read)
+        assert figures["mean"]["read"][attribute] == pytest.approx(sum(read) / 9)

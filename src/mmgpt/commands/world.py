@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="tokenizer vocabulary cap")
     generate.set_defaults(run=run_generate)
     probe = verbs.add_parser(
-        "probe", help="linear probes: what a model's ViT patches and perceiver latents hold about each grid cell"
+        "probe",
+        help="per grid cell: what a model's ViT patches and perceiver latents hold (linear probes), and what the "
+        "whole model reads (grid captions)",
     )
     probe.add_argument("model", help="a model directory saved by mmgpt (e.g. src/mmgpt/assets/tiny-world)")
     probe.add_argument("--scenes", type=int, default=2000, help="scenes probed, 80%% fit / 20%% scored (%(default)s)")
@@ -85,7 +87,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mmgpt.evaluate.probe import probe_cells
+    from mmgpt.evaluate.probe import probe_cells, value_token_ids
     from mmgpt.load import load
 
     console = Console()
@@ -95,26 +97,29 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, _ = load(args.model)
-    figures = probe_cells(model, scenes=args.scenes, seed=args.seed)
-    table = Table(
-        title=f"{args.model}: per-cell linear probes, {args.scenes} scenes ({time.perf_counter() - start:.0f} s)"
-    )
+    model, tokenizer = load(args.model)
+    try:
+        value_token_ids(tokenizer)
+    except ValueError as error:
+        console.print(f"not reading grid captions: {error}", markup=False, highlight=False)
+        tokenizer = None
+    figures = probe_cells(model, tokenizer, scenes=args.scenes, seed=args.seed)
+    table = Table(title=f"{args.model}: per-cell probes, {args.scenes} scenes ({time.perf_counter() - start:.0f} s)")
     table.add_column("attribute")
     table.add_column("features")
     table.add_column("mean", justify="right")
     table.add_column("each cell, % (reading order)", justify="right")
     for attribute in ("kind", "colour"):
-        for name, shape in figures["features"].items():
-            cells = figures["accuracy"][name][attribute]
-            mean = figures["mean"][name][attribute]
-            table.add_row(
-                attribute, f"{name} {shape[0]} x {shape[1]}", f"{mean:.1%}", " ".join(f"{100 * a:.0f}" for a in cells)
-            )
+        for name, by in figures["accuracy"].items():
+            shape = figures["features"].get(name)
+            what = f"{name} {shape[0]} x {shape[1]}" if shape else "read by the model"
+            cells, mean = by[attribute], figures["mean"][name][attribute]
+            table.add_row(attribute, what, f"{mean:.1%}", " ".join(f"{100 * a:.0f}" for a in cells))
     console.print(table)
     console.print(
-        "[dim]accuracy on the held-out fifth of the scenes whose cell holds a shape; a cell the patches hold and the "
-        "latents do not is lost in the perceiver.[/dim]"
+        "[dim]patches, latents: linear probes, scored on the held-out fifth of the scenes whose cell holds a shape; a "
+        "cell the patches hold and the latents do not is lost in the perceiver. read by the model: the whole model "
+        "reading each scene's grid caption, its best-scored value of the attribute at each shape (all scenes).[/dim]"
     )
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=1))

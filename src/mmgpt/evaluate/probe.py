@@ -1,10 +1,17 @@
-"""Where the image information goes: linear probes of what a model's vision features hold about each grid cell.
+"""Where the image information goes: what a model's vision features hold about each grid cell, and what the whole
+model reads of it.
 
 For every cell of the world's 3 x 3 grid and an attribute (the shape's kind or colour), a ridge-regression probe is
 fit on the features of most of the scenes and scored on the rest, counting only scenes where the cell holds a
 shape. Two feature sets are read off the same images: the ViT's patch tokens (what the vision encoder saw) and the
 perceiver's latents (what the language model's cross-attention can read). A probe that reads a cell from the
 patches but not from the latents locates a loss in the perceiver.
+
+A linear probe on the flattened latents may use WHICH latent holds a shape; cross-attention compares contents and
+cannot. :func:`read_cells` measures the end of the path instead: the model reads each scene's grid caption
+(``At the top left, no shape. At the top, a large red circle. ...``), and at each colour and kind word its
+highest-scoring value of that attribute is compared with the truth - ViT, perceiver, cross-attention and language
+model together, with no question format in the way.
 
     mmgpt world probe MODEL [--scenes 2000]
 """
@@ -15,14 +22,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
+from mmgpt.data.collate import collate
 from mmgpt.data.images import ImageTransform
+from mmgpt.data.tokenize import TokenizedSample
+from mmgpt.data.world.describe import grid_caption
 from mmgpt.data.world.render import render_scene
-from mmgpt.data.world.scene import GRID, POSITIONS, Scene, sample_scenes
+from mmgpt.data.world.scene import COLOURS, GRID, POSITIONS, SHAPES, Scene, sample_scenes
 from mmgpt.model.flamingo import Flamingo
+from mmgpt.tokens import IMAGE, special_token_ids
 
 ATTRIBUTES = ("kind", "colour")
 EMPTY = "empty"
+VALUES = {"kind": SHAPES, "colour": tuple(COLOURS)}
 
 
 def ridge_probes(
@@ -88,9 +101,17 @@ def cell_labels(scenes: Sequence[Scene], attribute: str, row: int, column: int) 
     return [EMPTY if shape is None else getattr(shape, attribute) for shape in shapes]
 
 
-def probe_cells(model: Flamingo, *, scenes: int = 2000, seed: int = 0, ridge: float = 10.0) -> dict[str, Any]:
+def probe_cells(
+    model: Flamingo,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    scenes: int = 2000,
+    seed: int = 0,
+    ridge: float = 10.0,
+) -> dict[str, Any]:
     """Per-cell probe accuracies: ``{"scenes": n, "features": {name: [tokens, width]}, "cells": [[row, column]...],
-    "accuracy": {feature set: {attribute: [one per cell]}}, "mean": {feature set: {attribute: mean}}}``."""
+    "accuracy": {feature set: {attribute: [one per cell]}}, "mean": {feature set: {attribute: mean}}}``. With the
+    world's ``tokenizer``, ``accuracy`` and ``mean`` also hold ``"read"``: :func:`read_cells` on the same scenes."""
     sampled = sample_scenes(seed, "probe", scenes)
     features = image_features(model, sampled)
     cells = [(r, c) for r in range(GRID) for c in range(GRID)]
@@ -101,6 +122,8 @@ def probe_cells(model: Flamingo, *, scenes: int = 2000, seed: int = 0, ridge: fl
         found = ridge_probes(values, label_sets, ridge=ridge, scored=scored)
         for i, attribute in enumerate(ATTRIBUTES):
             accuracy[name][attribute] = found[i * len(cells) : (i + 1) * len(cells)]
+    if tokenizer is not None:
+        accuracy["read"] = read_cells(model, tokenizer, sampled)
     return {
         "scenes": scenes,
         "features": {name: list(values.shape[1:]) for name, values in features.items()},
@@ -108,3 +131,66 @@ def probe_cells(model: Flamingo, *, scenes: int = 2000, seed: int = 0, ridge: fl
         "accuracy": accuracy,
         "mean": {name: {a: sum(v) / len(v) for a, v in by.items()} for name, by in accuracy.items()},
     }
+
+
+def value_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """The one token of each colour and shape word as the grid caption writes it (after a space)."""
+    ids = {}
+    for word in (*SHAPES, *COLOURS):
+        tokens = tokenizer.encode(" " + word, add_special_tokens=False)
+        if len(tokens) != 1:
+            raise ValueError(
+                f"the tokenizer splits {word!r} into {len(tokens)} tokens {tokens}; reading cells needs one token per "
+                "colour and shape word, as the world's tokenizer (mmgpt world generate OUT writes OUT/tokenizer) has"
+            )
+        ids[word] = tokens[0]
+    return ids
+
+
+@torch.no_grad()
+def read_cells(
+    model: Flamingo, tokenizer: PreTrainedTokenizerBase, scenes: Sequence[Scene], *, batch_size: int = 64
+) -> dict[str, list[float]]:
+    """``{attribute: [accuracy per cell, reading order]}``: how often the model, reading a scene's grid caption up to
+    a shape's colour or kind word, scores the true value above the attribute's other values (teacher forcing; the
+    cells without a shape are not counted). Needs the world's tokenizer (one token per value word)."""
+    value_ids = value_token_ids(tokenizer)
+    choices = {a: torch.tensor([value_ids[v] for v in VALUES[a]]) for a in ATTRIBUTES}
+    transform = ImageTransform(size=model.vision_encoder.image_size)
+    cells = list(POSITIONS)
+    hits = {a: [0] * len(cells) for a in ATTRIBUTES}
+    counts = [0] * len(cells)
+    pad = special_token_ids(tokenizer).pad
+    for start in range(0, len(scenes), batch_size):
+        batch = scenes[start : start + batch_size]
+        samples = []
+        for scene in batch:
+            ids = tokenizer(IMAGE + grid_caption(scene)).input_ids
+            samples.append(TokenizedSample(ids, ids, [transform(render_scene(scene))]))
+        padded = collate(samples, pad)
+        padded = padded.to(model.device)
+        logits = model(padded.input_ids, images=padded.media, attention_mask=padded.attention_mask).logits.float().cpu()
+        for row, (scene, sample) in enumerate(zip(batch, samples, strict=True)):
+            where = _value_positions(scene, sample.input_ids, value_ids)
+            for (cell, attribute), position in where.items():
+                scores = logits[row, position - 1, choices[attribute]]  # the logits before the word predict it
+                truth = getattr(scene.at(POSITIONS[cell]), attribute)
+                hits[attribute][cells.index(cell)] += VALUES[attribute][int(scores.argmax())] == truth
+            for cell in cells:
+                counts[cells.index(cell)] += scene.at(POSITIONS[cell]) is not None
+    return {a: [h / c if c else float("nan") for h, c in zip(hits[a], counts, strict=True)] for a in ATTRIBUTES}
+
+
+def _value_positions(scene: Scene, input_ids: list[int], value_ids: dict[str, int]) -> dict[tuple, int]:
+    """Token index of each shape's kind and colour word in its grid caption: the n-th value word of an attribute
+    is the n-th shape's, in reading order (the caption names the cells in that order)."""
+    found: dict[tuple, int] = {}
+    for attribute in ATTRIBUTES:
+        ids = {value_ids[v] for v in VALUES[attribute]}
+        positions = [i for i, token in enumerate(input_ids) if token in ids]
+        shapes = scene.shapes  # reading order
+        if len(positions) != len(shapes):
+            raise ValueError(f"scene {scene.id}: {len(positions)} {attribute} words for {len(shapes)} shapes")
+        for shape, position in zip(shapes, positions, strict=True):
+            found[((shape.row, shape.column), attribute)] = position
+    return found

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mmgpt.data.world.describe import captions, dense_caption, detailed_description, references
+from mmgpt.data.world.describe import captions, dense_caption, detailed_description, grid_caption, references
 from mmgpt.data.world.render import png_bytes, render_scene
 from mmgpt.data.world.scene import MAX_SHAPES, POSITIONS, Scene, Shape, sample_scene, sample_scenes
 
@@ -61,6 +61,15 @@ def test_texts_name_every_shape():
     scene = Scene("s", "k", (Shape("circle", "red", "large", 0, 0), Shape("star", "blue", "small", 1, 1)), word="moon")
     assert dense_caption(scene) == (
         "A large red circle at the top left and a small blue star in the centre. The word moon is written below."
+    )
+    assert grid_caption(scene) == (
+        "At the top left, a large red circle. At the top, no shape. At the top right, no shape. On the left, no shape. "
+        "In the centre, a small blue star. On the right, no shape. At the bottom left, no shape. At the bottom, no "
+        "shape. At the bottom right, no shape. The word moon is written below the shapes."
+    )
+    assert grid_caption(Scene("s", "k", scene.shapes[1:])).endswith(
+        "In the centre, a small blue star. On the right, no shape. At the bottom left, no shape. At the bottom, no "
+        "shape. At the bottom right, no shape. There is no text in the image."
     )
     assert captions(scene) == [
         "A red circle and a blue star with the word moon.",

@@ -12,6 +12,7 @@ from mmgpt.data.loader import build_training_batches
 from mmgpt.data.sources import read_source
 from mmgpt.data.tokenize import load_tokenizer
 from mmgpt.data.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, PLAIN_QA, DialogueForm
+from mmgpt.data.world.describe import grid_caption
 from mmgpt.data.world.language import language_tasks
 from mmgpt.data.world.scene import Scene, sample_scenes
 from mmgpt.data.world.tasks import scene_tasks, task_conversations
@@ -79,7 +80,7 @@ def test_language_free_config_for_the_ablation(world):
 
 
 def test_pretraining_corpus_binds_one_image_token_per_image(world):
-    for name in ("captions", "interleaved", "text", "questions", "qa", "dialogues", "text-dialogues"):
+    for name in ("captions", "grid", "interleaved", "text", "questions", "qa", "dialogues", "text-dialogues"):
         rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
         assert rows
         for row in rows:
@@ -95,6 +96,14 @@ def test_pretraining_questions_are_plain_text_about_one_image(world):
         text = row["text"]
         assert text.startswith(IMAGE + "Question: ") and text.endswith(END_OF_CHUNK) and "###" not in text
         assert text.count("Question: ") == text.count(" Answer: ") == 3
+
+
+def test_grid_rows_read_every_cell_of_one_image(world):
+    rows = [json.loads(line) for line in (world / "pretrain" / "grid.jsonl").read_text().splitlines()]
+    scenes = sample_scenes(SMALL.seed, "train", SMALL.scenes)
+    assert rows == [
+        {"images": [f"images/{scene.id}.png"], "text": IMAGE + grid_caption(scene) + END_OF_CHUNK} for scene in scenes
+    ]
 
 
 def test_language_qa_rows_ask_each_task_then_answer_it(world):

@@ -3,6 +3,8 @@
 Pretraining rows (OpenFlamingo style, every row ``{"images": [...], "text": ...}``, one ``<image>`` per image):
 
 - ``captions``: one image, its dense caption (every shape with size, colour and position, and the word) - LAION;
+- ``grid``: one image, every grid cell in reading order with its shape or "no shape" (:func:`grid_caption`) -
+  alt-text that names each place before what is there, so every attribute is read off one named cell;
 - ``interleaved``: 2-3 images, each followed by a caption or a description - MMC4;
 - ``text``: no image, statements of the language-only skills ("3 plus 4 is 7.") - the LM's own pretraining, so
   the base knows facts that instruction tuning can keep or lose (the paper's finding 2);
@@ -34,7 +36,14 @@ from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.templates import CAPTION_INSTRUCTIONS, DESCRIPTION_INSTRUCTIONS, HEADER, REASON_QUESTIONS, render_text
 from mmgpt.data.world.config import VOCAB_SIZE
-from mmgpt.data.world.describe import NUMBER_WORDS, POSITION_PHRASES, captions, dense_caption, detailed_description
+from mmgpt.data.world.describe import (
+    NUMBER_WORDS,
+    POSITION_PHRASES,
+    captions,
+    dense_caption,
+    detailed_description,
+    grid_caption,
+)
 from mmgpt.data.world.language import LanguageTask, language_tasks
 from mmgpt.data.world.questions import questions
 from mmgpt.data.world.scene import COLOURS, SHAPES, SIZES, WORDS, Scene, sample_scenes
@@ -91,6 +100,11 @@ def chunk(text: str) -> str:
 def caption_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
     for scene, path in zip(scenes, image_paths, strict=True):
         yield {"images": [path], "text": chunk(dense_caption(scene))}
+
+
+def grid_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
+    for scene, path in zip(scenes, image_paths, strict=True):
+        yield {"images": [path], "text": chunk(grid_caption(scene))}
 
 
 def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:

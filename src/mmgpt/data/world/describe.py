@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from mmgpt.data.world.scene import COLOURS, SHAPES, Scene, Shape
+from mmgpt.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -143,3 +143,18 @@ def dense_caption(scene: Scene) -> str:
     if scene.word:
         text += f" The word {scene.word} is written below."
     return text
+
+
+def grid_caption(scene: Scene) -> str:
+    """Every cell of the grid in reading order, its shape (size, colour, kind) or ``no shape``, then the word band:
+    ``At the top left, no shape. At the top, a large purple diamond. ... The word book is written below the shapes.``
+
+    Each attribute follows the name of its cell, so predicting it is reading that cell - what a question that picks
+    a shape by its position asks ("What colour is the shape at the top?")."""
+    cells = []
+    for position in POSITIONS.values():
+        shape = scene.at(position)
+        cells.append(
+            f"{capitalise(POSITION_PHRASES[position])}, {article(noun_phrase(shape)) if shape else 'no shape'}."
+        )
+    return " ".join([*cells, word_sentence(scene)])
