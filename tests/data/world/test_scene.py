@@ -6,7 +6,14 @@ import random
 
 import pytest
 
-from mmgpt.data.world.describe import captions, dense_caption, detailed_description, grid_caption, references
+from mmgpt.data.world.describe import (
+    captions,
+    dense_caption,
+    detailed_description,
+    grid_caption,
+    index_caption,
+    references,
+)
 from mmgpt.data.world.render import png_bytes, render_scene
 from mmgpt.data.world.scene import MAX_SHAPES, POSITIONS, Scene, Shape, sample_scene, sample_scenes
 
@@ -70,6 +77,12 @@ def test_texts_name_every_shape():
     assert grid_caption(Scene("s", "k", scene.shapes[1:])).endswith(
         "In the centre, a small blue star. On the right, no shape. At the bottom left, no shape. At the bottom, no "
         "shape. At the bottom right, no shape. There is no text in the image."
+    )
+    three = Scene("s", "k", (*scene.shapes, Shape("star", "red", "large", 2, 0)))
+    assert index_caption(three) == (
+        "The circle is red. There is no square. There is no triangle. The stars are blue and red. There is no "
+        "diamond. The red shapes are a circle and a star. There is no green shape. The blue shape is a star. There "
+        "is no yellow shape. There is no purple shape. There is no orange shape."
     )
     assert captions(scene) == [
         "A red circle and a blue star with the word moon.",

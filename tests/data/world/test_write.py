@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 import torch
 
 from mmgpt.data.config import load_data_config
@@ -12,7 +13,7 @@ from mmgpt.data.loader import build_training_batches
 from mmgpt.data.sources import read_source
 from mmgpt.data.tokenize import load_tokenizer
 from mmgpt.data.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, PLAIN_QA, DialogueForm
-from mmgpt.data.world.describe import grid_caption
+from mmgpt.data.world.describe import grid_caption, index_caption
 from mmgpt.data.world.language import language_tasks
 from mmgpt.data.world.scene import Scene, sample_scenes
 from mmgpt.data.world.tasks import scene_tasks, task_conversations
@@ -80,7 +81,7 @@ def test_language_free_config_for_the_ablation(world):
 
 
 def test_pretraining_corpus_binds_one_image_token_per_image(world):
-    for name in ("captions", "grid", "interleaved", "text", "questions", "qa", "dialogues", "text-dialogues"):
+    for name in ("captions", "grid", "index", "interleaved", "text", "questions", "qa", "dialogues", "text-dialogues"):
         rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
         assert rows
         for row in rows:
@@ -98,11 +99,12 @@ def test_pretraining_questions_are_plain_text_about_one_image(world):
         assert text.count("Question: ") == text.count(" Answer: ") == 3
 
 
-def test_grid_rows_read_every_cell_of_one_image(world):
-    rows = [json.loads(line) for line in (world / "pretrain" / "grid.jsonl").read_text().splitlines()]
+@pytest.mark.parametrize(("name", "caption"), [("grid", grid_caption), ("index", index_caption)])
+def test_grid_and_index_rows_describe_one_image_each(world, name, caption):
+    rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
     scenes = sample_scenes(SMALL.seed, "train", SMALL.scenes)
     assert rows == [
-        {"images": [f"images/{scene.id}.png"], "text": IMAGE + grid_caption(scene) + END_OF_CHUNK} for scene in scenes
+        {"images": [f"images/{scene.id}.png"], "text": IMAGE + caption(scene) + END_OF_CHUNK} for scene in scenes
     ]
 
 

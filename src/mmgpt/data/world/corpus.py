@@ -5,6 +5,8 @@ Pretraining rows (OpenFlamingo style, every row ``{"images": [...], "text": ...}
 - ``captions``: one image, its dense caption (every shape with size, colour and position, and the word) - LAION;
 - ``grid``: one image, every grid cell in reading order with its shape or "no shape" (:func:`grid_caption`) -
   alt-text that names each place before what is there, so every attribute is read off one named cell;
+- ``index``: one image, its shapes looked up by kind and then by colour (:func:`index_caption`) - the same for
+  finding a shape by what it is ("Circles: red. ... Red shapes: circle.");
 - ``interleaved``: 2-3 images, each followed by a caption or a description - MMC4;
 - ``text``: no image, statements of the language-only skills ("3 plus 4 is 7.") - the LM's own pretraining, so
   the base knows facts that instruction tuning can keep or lose (the paper's finding 2);
@@ -43,6 +45,7 @@ from mmgpt.data.world.describe import (
     dense_caption,
     detailed_description,
     grid_caption,
+    index_caption,
 )
 from mmgpt.data.world.language import LanguageTask, language_tasks
 from mmgpt.data.world.questions import questions
@@ -105,6 +108,11 @@ def caption_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[s
 def grid_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
     for scene, path in zip(scenes, image_paths, strict=True):
         yield {"images": [path], "text": chunk(grid_caption(scene))}
+
+
+def index_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
+    for scene, path in zip(scenes, image_paths, strict=True):
+        yield {"images": [path], "text": chunk(index_caption(scene))}
 
 
 def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:

@@ -158,3 +158,25 @@ def grid_caption(scene: Scene) -> str:
             f"{capitalise(POSITION_PHRASES[position])}, {article(noun_phrase(shape)) if shape else 'no shape'}."
         )
     return " ".join([*cells, word_sentence(scene)])
+
+
+def index_caption(scene: Scene) -> str:
+    """The shapes looked up by kind, then by colour, every value in the vocabulary's order (shapes of one kind or
+    colour in reading order): ``There is no circle. The square is red. The triangles are blue and green. ... The red
+    shape is a square. There is no green shape. The blue shapes are a triangle and a star. ...``
+
+    Each colour follows the kind it belongs to and each kind its colour, so predicting it is finding a shape by one
+    attribute and reading another - what "What colour is the circle?" and "What shape is the red shape?" ask."""
+
+    def entry(subject: str, values: list[str]) -> str:
+        if not values:
+            return f"There is no {subject}."
+        if len(values) == 1:
+            return f"The {subject} is {values[0]}."
+        return f"The {plural(subject, 2)} are {join_list(values)}."
+
+    by_kind = [entry(kind, [s.colour for s in scene.shapes if s.kind == kind]) for kind in SHAPES]
+    by_colour = [
+        entry(f"{colour} shape", [article(s.kind) for s in scene.shapes if s.colour == colour]) for colour in COLOURS
+    ]
+    return " ".join(by_kind + by_colour)
