@@ -7,6 +7,7 @@ import pytest
 from mmgpt.data.world.scene import Scene, Shape
 from mmgpt.data.world.write import load_heldout
 from mmgpt.evaluate.items import language_items, scene_items
+from mmgpt.evaluate.report import rows
 from mmgpt.evaluate.runner import score
 from mmgpt.evaluate.world import (
     answer_correct,
@@ -69,7 +70,10 @@ def test_description_precision_recall_exact():
     assert scores["attribute_precision"] == scores["attribute_recall"] == 0.75
     # objects: said {(red, circle), (green, square)} vs {(red, circle), (blue, square)}
     assert scores["object_precision"] == scores["object_recall"] == 0.5
-    assert description_scores([("Nothing here.", SCENE)])["attribute_precision"] == 0.0
+    nothing = description_scores([("Nothing here.", SCENE)])
+    assert nothing["attribute_precision"] is None and nothing["object_precision"] is None  # undefined, not 0%
+    assert nothing["attribute_recall"] == nothing["object_recall"] == 0.0
+    assert description_scores([])["attribute_recall"] is None
     two = description_scores([("A large red circle.", SCENE), ("A small blue square and a red star.", SCENE)])
     # tp: {red, circle} + {blue, square, red}: 5; said 2 + 4 = 6; expected 4 + 4 = 8
     assert two["attribute_precision"] == 5 / 6 and two["attribute_recall"] == 5 / 8
@@ -120,3 +124,16 @@ def test_known_wrong_answers_give_exact_fractions():
     assert results["accuracy"] == {"colour": 0.5}
     assert results["language"] == {"accuracy": 1 / 3, "by_task": {"arithmetic": 1 / 3}, "n": 3}
     assert results["response_length"] == {"language": 1.0, "question": 1.0}
+
+
+def test_an_undefined_precision_shows_as_a_dash_not_zero():
+    results = {
+        "accuracy": {},
+        "questions": {},
+        "language": {"accuracy": 0.5, "by_task": {}, "n": 2},
+        "description": description_scores([("Nothing here.", SCENE)]),
+        "response_length": {},
+    }
+    shown = {metric: value for metric, value, _ in rows(results)}
+    assert shown["description attribute precision"] == "-"
+    assert shown["description attribute recall"] == "0.0%"

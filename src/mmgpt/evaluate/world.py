@@ -101,7 +101,8 @@ def response_length(text: str) -> int:
 
 @dataclass
 class PrecisionRecall:
-    """Micro-averaged: sums over all descriptions. 0.0 where nothing was mentioned (precision) or expected."""
+    """Micro-averaged: sums over all descriptions. None (shown as "-", JSON null) where it is undefined: nothing
+    was mentioned (precision) or expected (recall) - a model that described nothing has no precision, not 0%."""
 
     true_positives: int = 0
     mentioned: int = 0
@@ -113,15 +114,15 @@ class PrecisionRecall:
         self.expected += len(truth)
 
     @property
-    def precision(self) -> float:
-        return self.true_positives / self.mentioned if self.mentioned else 0.0
+    def precision(self) -> float | None:
+        return self.true_positives / self.mentioned if self.mentioned else None
 
     @property
-    def recall(self) -> float:
-        return self.true_positives / self.expected if self.expected else 0.0
+    def recall(self) -> float | None:
+        return self.true_positives / self.expected if self.expected else None
 
 
-def description_scores(pairs: Sequence[tuple[str, Scene]]) -> dict[str, float]:
+def description_scores(pairs: Sequence[tuple[str, Scene]]) -> dict[str, float | None]:
     """Attribute and object precision/recall of descriptions, each ``(response, scene)``."""
     attributes, objects_ = PrecisionRecall(), PrecisionRecall()
     for response, scene in pairs:
