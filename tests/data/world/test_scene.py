@@ -13,6 +13,7 @@ from mmgpt.data.world.describe import (
     grid_caption,
     index_caption,
     references,
+    where_caption,
 )
 from mmgpt.data.world.render import png_bytes, render_scene
 from mmgpt.data.world.scene import MAX_SHAPES, POSITIONS, Scene, Shape, sample_scene, sample_scenes
@@ -83,6 +84,12 @@ def test_texts_name_every_shape():
         "The circle is red. There is no square. There is no triangle. The stars are blue and red. There is no "
         "diamond. The red shapes are a circle and a star. There is no green shape. The blue shape is a star. There "
         "is no yellow shape. There is no purple shape. There is no orange shape."
+    )
+    assert where_caption(three) == (
+        "The circle is at the top left. There is no square. There is no triangle. The stars are in the centre and at "
+        "the bottom left. There is no diamond. The red shapes are at the top left and at the bottom left. There is no "
+        "green shape. The blue shape is in the centre. There is no yellow shape. There is no purple shape. There is "
+        "no orange shape."
     )
     assert captions(scene) == [
         "A red circle and a blue star with the word moon.",

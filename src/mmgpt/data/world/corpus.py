@@ -6,7 +6,10 @@ Pretraining rows (OpenFlamingo style, every row ``{"images": [...], "text": ...}
 - ``grid``: one image, every grid cell in reading order with its shape or "no shape" (:func:`grid_caption`) -
   alt-text that names each place before what is there, so every attribute is read off one named cell;
 - ``index``: one image, its shapes looked up by kind and then by colour (:func:`index_caption`) - the same for
-  finding a shape by what it is ("Circles: red. ... Red shapes: circle.");
+  finding a shape by what it is ("The circle is red. ... The red shape is a circle.");
+- ``where``: one image, the places of its shapes looked up by kind and then by colour (:func:`where_caption`) -
+  finding a shape by what it is and naming its cell ("The circle is at the top left. ... The red shape is at the
+  top left.");
 - ``interleaved``: 2-3 images, each followed by a caption or a description - MMC4;
 - ``text``: no image, statements of the language-only skills ("3 plus 4 is 7.") - the LM's own pretraining, so
   the base knows facts that instruction tuning can keep or lose (the paper's finding 2);
@@ -46,6 +49,7 @@ from mmgpt.data.world.describe import (
     detailed_description,
     grid_caption,
     index_caption,
+    where_caption,
 )
 from mmgpt.data.world.language import LanguageTask, language_tasks
 from mmgpt.data.world.questions import questions
@@ -113,6 +117,11 @@ def grid_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str,
 def index_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
     for scene, path in zip(scenes, image_paths, strict=True):
         yield {"images": [path], "text": chunk(index_caption(scene))}
+
+
+def where_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
+    for scene, path in zip(scenes, image_paths, strict=True):
+        yield {"images": [path], "text": chunk(where_caption(scene))}
 
 
 def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:

@@ -168,15 +168,32 @@ def index_caption(scene: Scene) -> str:
     Each colour follows the kind it belongs to and each kind its colour, so predicting it is finding a shape by one
     attribute and reading another - what "What colour is the circle?" and "What shape is the red shape?" ask."""
 
-    def entry(subject: str, values: list[str]) -> str:
-        if not values:
-            return f"There is no {subject}."
-        if len(values) == 1:
-            return f"The {subject} is {values[0]}."
-        return f"The {plural(subject, 2)} are {join_list(values)}."
-
-    by_kind = [entry(kind, [s.colour for s in scene.shapes if s.kind == kind]) for kind in SHAPES]
+    by_kind = [_entry(kind, [s.colour for s in scene.shapes if s.kind == kind]) for kind in SHAPES]
     by_colour = [
-        entry(f"{colour} shape", [article(s.kind) for s in scene.shapes if s.colour == colour]) for colour in COLOURS
+        _entry(f"{colour} shape", [article(s.kind) for s in scene.shapes if s.colour == colour]) for colour in COLOURS
     ]
     return " ".join(by_kind + by_colour)
+
+
+def where_caption(scene: Scene) -> str:
+    """Where the shapes are, looked up by kind, then by colour, every value in the vocabulary's order (shapes of
+    one kind or colour in reading order): ``The circle is at the top left. There is no square. The triangles are
+    at the top and on the left. ... The red shape is at the top left. There is no green shape. ...``
+
+    Each place follows the kind or colour of the shape there, so predicting it is finding a shape by what it is and
+    naming its cell - what "Where is the red circle?" asks; grid captions (:func:`grid_caption`) go the other way."""
+    by_kind = [_entry(kind, [POSITION_PHRASES[s.position] for s in scene.shapes if s.kind == kind]) for kind in SHAPES]
+    by_colour = [
+        _entry(f"{colour} shape", [POSITION_PHRASES[s.position] for s in scene.shapes if s.colour == colour])
+        for colour in COLOURS
+    ]
+    return " ".join(by_kind + by_colour)
+
+
+def _entry(subject: str, values: list[str]) -> str:
+    """``There is no circle.``, ``The circle is red.``, ``The circles are red and blue.``"""
+    if not values:
+        return f"There is no {subject}."
+    if len(values) == 1:
+        return f"The {subject} is {values[0]}."
+    return f"The {plural(subject, 2)} are {join_list(values)}."
