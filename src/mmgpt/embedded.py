@@ -16,9 +16,8 @@ TINY_WORLD = Path(__file__).parent / "assets" / TINY_WORLD_NAME
 def tiny_world_path() -> Path:
     if not (TINY_WORLD / "mmgpt.yaml").is_file():
         raise FileNotFoundError(
-            f"the embedded tiny model is missing from {TINY_WORLD}; reinstall mmgpt, or rebuild it with "
-            "`mmgpt world generate build/pretrain-world --scenes 20000 --language 8000` and "
-            "`mmgpt pretrain configs/tiny-world/pretrain{,-2,-3,-4,-5}.yaml` in turn (docs/training.md), "
-            "then copy build/tiny-pretrain-5/model there"
+            f"the embedded tiny model is missing from {TINY_WORLD}; reinstall mmgpt, or rebuild it with the nine "
+            "`mmgpt pretrain configs/tiny-world/pretrain*.yaml` stages in turn (docs/training.md lists them and the "
+            "two `mmgpt world generate` runs they read), then copy build/tiny-pretrain-9/model there"
         )
     return TINY_WORLD

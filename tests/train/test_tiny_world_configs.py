@@ -12,7 +12,7 @@ from tests.data.world.conftest import tokenizer, world
 __all__ = ["tokenizer", "world"]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny-world"
-STAGES = ["pretrain.yaml", *(f"pretrain-{n}.yaml" for n in range(2, 9))]
+STAGES = ["pretrain.yaml", *(f"pretrain-{n}.yaml" for n in range(2, 10))]
 
 
 def resolved(path: str) -> Path:

@@ -13,6 +13,7 @@ from mmgpt.data.world.describe import (
     grid_caption,
     index_caption,
     references,
+    tally_caption,
     where_caption,
 )
 from mmgpt.data.world.render import png_bytes, render_scene
@@ -90,6 +91,11 @@ def test_texts_name_every_shape():
         "the bottom left. There is no diamond. The red shapes are at the top left and at the bottom left. There is no "
         "green shape. The blue shape is in the centre. There is no yellow shape. There is no purple shape. There is "
         "no orange shape."
+    )
+    assert tally_caption(three) == (
+        "There are three shapes. There is one circle. There is no square. There is no triangle. There are two stars. "
+        "There is no diamond. There are two red shapes. There is no green shape. There is one blue shape. There is no "
+        "yellow shape. There is no purple shape. There is no orange shape."
     )
     assert captions(scene) == [
         "A red circle and a blue star with the word moon.",

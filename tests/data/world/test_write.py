@@ -13,7 +13,7 @@ from mmgpt.data.loader import build_training_batches
 from mmgpt.data.sources import read_source
 from mmgpt.data.tokenize import load_tokenizer
 from mmgpt.data.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, PLAIN_QA, DialogueForm
-from mmgpt.data.world.describe import grid_caption, index_caption, where_caption
+from mmgpt.data.world.describe import grid_caption, index_caption, tally_caption, where_caption
 from mmgpt.data.world.language import language_tasks
 from mmgpt.data.world.scene import Scene, sample_scenes
 from mmgpt.data.world.tasks import scene_tasks, task_conversations
@@ -81,7 +81,7 @@ def test_language_free_config_for_the_ablation(world):
 
 
 def test_pretraining_corpus_binds_one_image_token_per_image(world):
-    names = ("captions", "grid", "index", "where", "interleaved", "text", "questions", "qa", "dialogues")
+    names = ("captions", "grid", "index", "where", "tally", "interleaved", "text", "questions", "qa", "dialogues")
     for name in (*names, "text-dialogues"):
         rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
         assert rows
@@ -101,9 +101,10 @@ def test_pretraining_questions_are_plain_text_about_one_image(world):
 
 
 @pytest.mark.parametrize(
-    ("name", "caption"), [("grid", grid_caption), ("index", index_caption), ("where", where_caption)]
+    ("name", "caption"),
+    [("grid", grid_caption), ("index", index_caption), ("where", where_caption), ("tally", tally_caption)],
 )
-def test_grid_index_and_where_rows_describe_one_image_each(world, name, caption):
+def test_caption_rows_describe_one_image_each(world, name, caption):
     rows = [json.loads(line) for line in (world / "pretrain" / f"{name}.jsonl").read_text().splitlines()]
     scenes = sample_scenes(SMALL.seed, "train", SMALL.scenes)
     assert rows == [

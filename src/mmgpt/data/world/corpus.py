@@ -10,6 +10,8 @@ Pretraining rows (OpenFlamingo style, every row ``{"images": [...], "text": ...}
 - ``where``: one image, the places of its shapes looked up by kind and then by colour (:func:`where_caption`) -
   finding a shape by what it is and naming its cell ("The circle is at the top left. ... The red shape is at the
   top left.");
+- ``tally``: one image, how many shapes, of each kind and of each colour (:func:`tally_caption`) - counting a
+  subset ("There are two red shapes.");
 - ``interleaved``: 2-3 images, each followed by a caption or a description - MMC4;
 - ``text``: no image, statements of the language-only skills ("3 plus 4 is 7.") - the LM's own pretraining, so
   the base knows facts that instruction tuning can keep or lose (the paper's finding 2);
@@ -49,6 +51,7 @@ from mmgpt.data.world.describe import (
     detailed_description,
     grid_caption,
     index_caption,
+    tally_caption,
     where_caption,
 )
 from mmgpt.data.world.language import LanguageTask, language_tasks
@@ -122,6 +125,11 @@ def index_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str
 def where_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
     for scene, path in zip(scenes, image_paths, strict=True):
         yield {"images": [path], "text": chunk(where_caption(scene))}
+
+
+def tally_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
+    for scene, path in zip(scenes, image_paths, strict=True):
+        yield {"images": [path], "text": chunk(tally_caption(scene))}
 
 
 def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:

@@ -190,6 +190,28 @@ def where_caption(scene: Scene) -> str:
     return " ".join(by_kind + by_colour)
 
 
+def tally_caption(scene: Scene) -> str:
+    """How many shapes there are, then how many of each kind and of each colour, in the vocabulary's order:
+    ``There are three shapes. There is one circle. There is no square. ... There are two red shapes. There is no
+    green shape. ...``
+
+    Each number follows nothing but the image and the kind or colour it counts - what "How many red shapes are
+    there?" asks; the other captions give the total only in passing."""
+
+    def tally(noun: str, n: int) -> str:
+        return f"There is no {noun}." if n == 0 else f"There {'is' if n == 1 else 'are'} {counted(n, noun)}."
+
+    kinds = Counter(s.kind for s in scene.shapes)
+    colours_ = Counter(s.colour for s in scene.shapes)
+    return " ".join(
+        [
+            tally("shape", len(scene.shapes)),
+            *(tally(kind, kinds[kind]) for kind in SHAPES),
+            *(tally(f"{colour} shape", colours_[colour]) for colour in COLOURS),
+        ]
+    )
+
+
 def _entry(subject: str, values: list[str]) -> str:
     """``There is no circle.``, ``The circle is red.``, ``The circles are red and blue.``"""
     if not values:

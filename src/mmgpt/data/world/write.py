@@ -13,7 +13,7 @@ Layout of ``OUT``::
     vqa/v2_*_questions.json, v2_*_annotations.json, vqa/train2014/*.jpg  (format vqa)
     language/alpaca_world.json        Alpaca layout                      (format alpaca)
     language/dolly_world.jsonl        Dolly layout                       (format dolly)
-    pretrain/{captions,grid,index,where,interleaved,text,questions,qa,dialogues,text-dialogues}.jsonl
+    pretrain/{captions,grid,index,where,tally,interleaved,text,questions,qa,dialogues,text-dialogues}.jsonl
                                       {"images": [...], "text": "<image>...<|endofchunk|>"}
     tokenizer/                        the world's tokenizer (special tokens included)
     data.yaml                         the paper's recipe: no one-word (VQA) data
@@ -158,6 +158,7 @@ def generate_world(
         "grid": _write_jsonl(out / "pretrain/grid.jsonl", corpus.grid_rows(scenes, paths)),
         "index": _write_jsonl(out / "pretrain/index.jsonl", corpus.index_rows(scenes, paths)),
         "where": _write_jsonl(out / "pretrain/where.jsonl", corpus.where_rows(scenes, paths)),
+        "tally": _write_jsonl(out / "pretrain/tally.jsonl", corpus.tally_rows(scenes, paths)),
         "interleaved": _write_jsonl(
             out / "pretrain/interleaved.jsonl", corpus.interleaved_rows(scenes, paths, seed=cfg.seed)
         ),
