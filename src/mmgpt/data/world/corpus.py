@@ -107,29 +107,22 @@ def chunk(text: str) -> str:
     return f"{IMAGE}{text}{END_OF_CHUNK}"
 
 
-def caption_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
+# The one-image captions, by the name of their corpus file (pretrain/NAME.jsonl); the docstring above says why each.
+IMAGE_CAPTIONS: dict[str, Callable[[Scene], str]] = {
+    "captions": dense_caption,
+    "grid": grid_caption,
+    "index": index_caption,
+    "where": where_caption,
+    "tally": tally_caption,
+}
+
+
+def caption_rows(
+    scenes: list[Scene], image_paths: list[str], caption: Callable[[Scene], str]
+) -> Iterator[dict[str, Any]]:
+    """One row per scene: its image, then ``caption(scene)``."""
     for scene, path in zip(scenes, image_paths, strict=True):
-        yield {"images": [path], "text": chunk(dense_caption(scene))}
-
-
-def grid_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
-    for scene, path in zip(scenes, image_paths, strict=True):
-        yield {"images": [path], "text": chunk(grid_caption(scene))}
-
-
-def index_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
-    for scene, path in zip(scenes, image_paths, strict=True):
-        yield {"images": [path], "text": chunk(index_caption(scene))}
-
-
-def where_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
-    for scene, path in zip(scenes, image_paths, strict=True):
-        yield {"images": [path], "text": chunk(where_caption(scene))}
-
-
-def tally_rows(scenes: list[Scene], image_paths: list[str]) -> Iterator[dict[str, Any]]:
-    for scene, path in zip(scenes, image_paths, strict=True):
-        yield {"images": [path], "text": chunk(tally_caption(scene))}
+        yield {"images": [path], "text": chunk(caption(scene))}
 
 
 def interleaved_rows(scenes: list[Scene], image_paths: list[str], *, seed: int) -> Iterator[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 
 from mmgpt.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape
 
@@ -167,12 +168,7 @@ def index_caption(scene: Scene) -> str:
 
     Each colour follows the kind it belongs to and each kind its colour, so predicting it is finding a shape by one
     attribute and reading another - what "What colour is the circle?" and "What shape is the red shape?" ask."""
-
-    by_kind = [_entry(kind, [s.colour for s in scene.shapes if s.kind == kind]) for kind in SHAPES]
-    by_colour = [
-        _entry(f"{colour} shape", [article(s.kind) for s in scene.shapes if s.colour == colour]) for colour in COLOURS
-    ]
-    return " ".join(by_kind + by_colour)
+    return _looked_up(scene, of_kind=lambda s: s.colour, of_colour=lambda s: article(s.kind))
 
 
 def where_caption(scene: Scene) -> str:
@@ -182,12 +178,7 @@ def where_caption(scene: Scene) -> str:
 
     Each place follows the kind or colour of the shape there, so predicting it is finding a shape by what it is and
     naming its cell - what "Where is the red circle?" asks; grid captions (:func:`grid_caption`) go the other way."""
-    by_kind = [_entry(kind, [POSITION_PHRASES[s.position] for s in scene.shapes if s.kind == kind]) for kind in SHAPES]
-    by_colour = [
-        _entry(f"{colour} shape", [POSITION_PHRASES[s.position] for s in scene.shapes if s.colour == colour])
-        for colour in COLOURS
-    ]
-    return " ".join(by_kind + by_colour)
+    return _looked_up(scene, of_kind=_place, of_colour=_place)
 
 
 def tally_caption(scene: Scene) -> str:
@@ -202,14 +193,28 @@ def tally_caption(scene: Scene) -> str:
         return f"There is no {noun}." if n == 0 else f"There {'is' if n == 1 else 'are'} {counted(n, noun)}."
 
     kinds = Counter(s.kind for s in scene.shapes)
-    colours_ = Counter(s.colour for s in scene.shapes)
+    colours = Counter(s.colour for s in scene.shapes)
     return " ".join(
         [
             tally("shape", len(scene.shapes)),
             *(tally(kind, kinds[kind]) for kind in SHAPES),
-            *(tally(f"{colour} shape", colours_[colour]) for colour in COLOURS),
+            *(tally(f"{colour} shape", colours[colour]) for colour in COLOURS),
         ]
     )
+
+
+def _looked_up(scene: Scene, *, of_kind: Callable[[Shape], str], of_colour: Callable[[Shape], str]) -> str:
+    """For each kind, then each colour, in the vocabulary's order: ``of_kind`` (``of_colour``) of the shapes of
+    that kind (colour) in reading order, as one sentence (:func:`_entry`)."""
+    by_kind = [_entry(kind, [of_kind(s) for s in scene.shapes if s.kind == kind]) for kind in SHAPES]
+    by_colour = [
+        _entry(f"{colour} shape", [of_colour(s) for s in scene.shapes if s.colour == colour]) for colour in COLOURS
+    ]
+    return " ".join(by_kind + by_colour)
+
+
+def _place(shape: Shape) -> str:
+    return POSITION_PHRASES[shape.position]
 
 
 def _entry(subject: str, values: list[str]) -> str:

@@ -154,11 +154,10 @@ def generate_world(
 
     paths = [f"{IMAGES}/{scene.id}.png" for scene in scenes]
     pretrain = {
-        "captions": _write_jsonl(out / "pretrain/captions.jsonl", corpus.caption_rows(scenes, paths)),
-        "grid": _write_jsonl(out / "pretrain/grid.jsonl", corpus.grid_rows(scenes, paths)),
-        "index": _write_jsonl(out / "pretrain/index.jsonl", corpus.index_rows(scenes, paths)),
-        "where": _write_jsonl(out / "pretrain/where.jsonl", corpus.where_rows(scenes, paths)),
-        "tally": _write_jsonl(out / "pretrain/tally.jsonl", corpus.tally_rows(scenes, paths)),
+        **{
+            name: _write_jsonl(out / f"pretrain/{name}.jsonl", corpus.caption_rows(scenes, paths, caption))
+            for name, caption in corpus.IMAGE_CAPTIONS.items()
+        },
         "interleaved": _write_jsonl(
             out / "pretrain/interleaved.jsonl", corpus.interleaved_rows(scenes, paths, seed=cfg.seed)
         ),
