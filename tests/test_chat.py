@@ -12,7 +12,7 @@ from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, reusable_pr
 from mmgpt.data.conversation import Conversation
 from mmgpt.data.tokenize import tokenize_prompt
 from mmgpt.generate import GenerationConfig, generate
-from mmgpt.lora import apply_lora, load_named_adapter, lora_parameters, save_adapter
+from mmgpt.model.lora import apply_lora, load_named_adapter, lora_parameters, save_adapter
 from tests.model.conftest import IMAGE_SIZE, tiny_model
 
 GREEDY = GenerationConfig(max_new_tokens=6)

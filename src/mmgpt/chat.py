@@ -33,10 +33,10 @@ from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
 from mmgpt.data.templates import render_text
 from mmgpt.data.tokenize import tokenize_prompt
 from mmgpt.generate import GenerationConfig, RowText, next_tokens, stop_ids_of, suppressed_ids
-from mmgpt.lora import adapter_names, lora_layers, select_adapter
-from mmgpt.model.cross_attention import attend_index
 from mmgpt.model.flamingo import Flamingo, FlamingoCache, FlamingoOutput
-from mmgpt.model.fusion import Media
+from mmgpt.model.fusion.cross_attention import attend_index
+from mmgpt.model.fusion.gated_blocks import Media
+from mmgpt.model.lora import adapter_names, lora_layers, select_adapter
 
 FinishReason = Literal["stop", "length", "cancelled"]
 DEFAULT_CONTEXT = 2048  # when the LM's config names no maximum

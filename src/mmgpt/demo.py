@@ -92,7 +92,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
     from mmgpt.evaluate.runner import evaluate_world
     from mmgpt.generate import GenerationConfig
     from mmgpt.load import load
-    from mmgpt.lora import load_adapter
+    from mmgpt.model.lora import load_adapter
     from mmgpt.train.run import train
 
     console = console or Console()

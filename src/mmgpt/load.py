@@ -155,7 +155,7 @@ def load(
     if lora is not None:
         _load_lora(model, lora, adapter)
     if merge_lora and lora is not None:
-        from mmgpt.lora import merge_lora as merge
+        from mmgpt.model.lora import merge_lora as merge
 
         merge(model)
     # peft keeps adapters in fp32 over a bf16/fp16 base; a model loaded "in bf16" is bf16 throughout.
@@ -242,7 +242,7 @@ def _local_file(path: str | Path, *, what: str) -> Path:
 
 
 def _load_lora(model: Flamingo, lora: str | Path, cfg: LoraConfig | None) -> None:
-    from mmgpt.lora import ADAPTER_CONFIG_FILE, load_adapter
+    from mmgpt.model.lora import ADAPTER_CONFIG_FILE, load_adapter
 
     path = Path(lora)
     if path.is_dir():

@@ -17,8 +17,8 @@ from mmgpt.config import (
     VisionConfig,
     save_yaml,
 )
-from mmgpt.lora import apply_lora, lora_parameters
 from mmgpt.model.build import build_language_model, build_model, build_vision_encoder
+from mmgpt.model.lora import apply_lora, lora_parameters
 from mmgpt.tokens import train_tokenizer
 from tests.model.reference_files import multimodal_gpt_lora_file, openflamingo_state
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mmgpt.config import LoraConfig
-from mmgpt.lora import apply_lora, lora_parameters, trainable_parameter_table
 from mmgpt.model.checkpoints import load_multimodal_gpt_lora, load_openflamingo_checkpoint
-from mmgpt.model.torch_files import UnsafeCheckpointError
+from mmgpt.model.checkpoints.torch_files import UnsafeCheckpointError
+from mmgpt.model.lora import apply_lora, lora_parameters, trainable_parameter_table
 from tests.model.conftest import logits, tiny_model
 from tests.model.reference_files import TuningConfig, multimodal_gpt_lora_file, openflamingo_state
 

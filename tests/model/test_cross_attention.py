@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mmgpt.model.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention, attend_index
-from mmgpt.model.perceiver import PerceiverResampler
+from mmgpt.model.fusion.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention, attend_index
+from mmgpt.model.resamplers.perceiver import PerceiverResampler
 
 IMG, EOC, A, B, C, D = 9, 8, 1, 2, 3, 4
 WORKED = torch.tensor([[IMG, A, B, EOC, IMG, C, D]])  # <image> a b <eoc> <image> c d

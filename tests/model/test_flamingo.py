@@ -13,7 +13,7 @@ from mmgpt.model.build import (
 )
 from mmgpt.model.checkpoints import load_pretrained, save_pretrained
 from mmgpt.model.flamingo import lm_cache_argument
-from mmgpt.model.fusion import decoder_layers
+from mmgpt.model.language import decoder_layers
 from mmgpt.tokens import add_special_tokens
 from tests.model.conftest import make_tokenizer, openflamingo_9b_v1_on_meta, random_images, tiny_config, tiny_model
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import mmgpt
-from mmgpt.lora import merge_lora
 from mmgpt.model.build import build_language_model, build_model
 from mmgpt.model.checkpoints import save_pretrained
+from mmgpt.model.lora import merge_lora
 from tests.model.conftest import logits, make_tokenizer, tiny_config
 
 

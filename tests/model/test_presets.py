@@ -7,8 +7,8 @@ import torch
 
 from mmgpt.config import ConfigError
 from mmgpt.load import load_preset, preset_names
-from mmgpt.lora import apply_lora, trainable_parameter_table
 from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
+from mmgpt.model.lora import apply_lora, trainable_parameter_table
 from mmgpt.tokens import SpecialTokenIds
 
 PERCEIVER = 63_019_008

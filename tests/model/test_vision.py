@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
-from mmgpt.model.vision import VisionEncoder, sincos_2d
+from mmgpt.model.encoders.clip import VisionEncoder, sincos_2d
 
 VISION = dict(
     image_size=32,

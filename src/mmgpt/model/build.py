@@ -21,9 +21,9 @@ from transformers import (
 )
 
 from mmgpt.config import ModelConfig, VisionConfig
+from mmgpt.model.encoders.clip import VisionEncoder
 from mmgpt.model.flamingo import Flamingo
-from mmgpt.model.perceiver import PerceiverResampler
-from mmgpt.model.vision import VisionEncoder
+from mmgpt.model.resamplers.perceiver import PerceiverResampler
 from mmgpt.tokens import SpecialTokenIds, add_special_tokens
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -17,17 +17,17 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from mmgpt.config import ModelConfig
-from mmgpt.model.cross_attention import GatedCrossAttentionBlock, attend_index
-from mmgpt.model.fusion import (
+from mmgpt.model.encoders.clip import VisionEncoder
+from mmgpt.model.fusion.cross_attention import GatedCrossAttentionBlock, attend_index
+from mmgpt.model.fusion.gated_blocks import (
     BLOCK_NAME,
     CrossAttentionInputs,
     Media,
     cross_attention_inputs,
-    decoder_layers,
     insert_gated_blocks,
 )
-from mmgpt.model.perceiver import PerceiverResampler
-from mmgpt.model.vision import VisionEncoder
+from mmgpt.model.language import decoder_layers
+from mmgpt.model.resamplers.perceiver import PerceiverResampler
 from mmgpt.tokens import SpecialTokenIds
 
 

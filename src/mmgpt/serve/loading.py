@@ -14,8 +14,8 @@ from transformers import PreTrainedTokenizerBase
 
 from mmgpt.chat import ChatModel
 from mmgpt.data.images import DEFAULT_MAX_PIXELS
-from mmgpt.lora import load_named_adapter
 from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.lora import load_named_adapter
 
 TINY_RANDOM = "tiny-random"
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmgpt.lora import ADAPTER_WEIGHTS_FILE, read_adapter, save_adapter, set_lora_state
 from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.lora import ADAPTER_WEIGHTS_FILE, read_adapter, save_adapter, set_lora_state
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"

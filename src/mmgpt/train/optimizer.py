@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from mmgpt.config import LoraConfig
-from mmgpt.lora import apply_lora, has_lora, trainable_parameter_table
 from mmgpt.model.build import openflamingo_trainable
 from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.lora import apply_lora, has_lora, trainable_parameter_table
 from mmgpt.train.config import OptimizerConfig, Trainable
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmgpt.model.perceiver import feed_forward
+from mmgpt.model.resamplers.perceiver import feed_forward
 
 MediaMask = Literal["previous", "following"]
 MEDIA_MASKS: tuple[MediaMask, ...] = ("previous", "following")

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from mmgpt.config import LoraConfig
 from mmgpt.model.flamingo import Flamingo
-from mmgpt.model.fusion import BLOCK_NAME
+from mmgpt.model.fusion.gated_blocks import BLOCK_NAME
 
 ADAPTER = "default"
 ADAPTER_CONFIG_FILE = "adapter_config.json"

@@ -8,7 +8,8 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from mmgpt.config import ConfigError, LoraConfig, from_dict
-from mmgpt.lora import (
+from mmgpt.model.build import build_model
+from mmgpt.model.lora import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     apply_lora,
@@ -18,7 +19,6 @@ from mmgpt.lora import (
     save_adapter,
     trainable_parameter_table,
 )
-from mmgpt.model.build import build_model
 from tests.model.conftest import make_tokenizer, openflamingo_9b_v1_on_meta, random_images, tiny_config, tiny_model
 
 SMALL = LoraConfig(r=4, alpha=8)
