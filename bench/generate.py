@@ -30,7 +30,7 @@ from transformers import DynamicCache
 from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
 from mmgpt.generate import GenerationConfig, generate
 from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
-from mmgpt.model.flamingo import lm_cache_argument
+from mmgpt.model.language import lm_cache_argument
 from mmgpt.tokens import SpecialTokenIds
 from sizes import SMALL_LLAMA  # bench/ is on sys.path when a benchmark runs
 
@@ -45,7 +45,7 @@ def build(media_mask: str, every_n: int = 4):
         lm=LanguageModelConfig(hf_config={**SMALL_LLAMA, "vocab_size": VOCAB}),
     )
     torch.manual_seed(0)
-    lm = build_language_model(cfg)
+    lm = build_language_model(cfg.lm)
     special = SpecialTokenIds(end_of_chunk=VOCAB, image=VOCAB + 1, pad=VOCAB + 2, eos=2, bos=1)
     bare = copy.deepcopy(lm)
     model = build_flamingo(

@@ -53,7 +53,7 @@ def build_model():
     model = build_flamingo(
         cfg=cfg,
         vision_encoder=build_vision_encoder(cfg.vision),
-        lang_encoder=build_language_model(cfg),
+        lang_encoder=build_language_model(cfg.lm),
         special=special,
         vocab_size=VOCAB + 3,
     )

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, reusable_prefix
+from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError
 from mmgpt.data.conversation import Conversation
 from mmgpt.data.tokenize import tokenize_prompt
 from mmgpt.generate import GenerationConfig, generate
+from mmgpt.model.fusion.media_mask import reusable_prefix
 from mmgpt.model.lora import apply_lora, load_named_adapter, lora_parameters, save_adapter
 from tests.model.conftest import IMAGE_SIZE, tiny_model
 

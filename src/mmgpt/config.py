@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import torch
 import yaml
 
 T = TypeVar("T")
@@ -111,18 +112,65 @@ def save_yaml(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
+# One home for the names of dtypes (model weights) and precisions (training autocast).
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DtypeName = Literal["float32", "bfloat16", "float16"]
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+Precision = Literal["fp32", "bf16", "fp16"]
+AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Which text tokens see which image in Flamingo (reference.md section 2): OpenFlamingo v2 / v1 (MultiModal-GPT).
+MediaMask = Literal["previous", "following"]
+MEDIA_MASKS: tuple[str, ...] = typing.get_args(MediaMask)
+
+
+def dtype_name(dtype: str | torch.dtype | None) -> str | None:
+    """'bfloat16' for torch.bfloat16, 'bf16' or 'bfloat16'; None stays None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        names = {v: k for k, v in DTYPES.items()}
+        if dtype not in names:
+            raise ValueError(f"dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+        return names[dtype]
+    name = _DTYPE_ALIASES.get(dtype, dtype)
+    if name not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)} (or bf16, fp16, fp32)")
+    return name
+
+
+# OpenAI CLIP's preprocessing statistics (reference.md section 2), the default of the CLIP-style encoders.
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
 @dataclass
 class VisionConfig:
-    """The frozen ViT. ``path``: a local directory of a HF CLIPVisionModel or CLIPModel (e.g. a download of
-    openai/clip-vit-large-patch14); without it, a ViT is built from the numbers (random weights)."""
+    """The ViT and what its output feeds on. ``path``: a local directory of a HF CLIPVisionModel or CLIPModel
+    (e.g. a download of openai/clip-vit-large-patch14); without it, a ViT is built from the numbers.
+
+    ``kind``: ``clip`` (transformers' CLIPVisionModel, QuickGELU) or ``eva`` (EVA-CLIP ViT-g as transformers'
+    Blip2VisionModel, exact GELU). What the fusion sees: ``keep_cls`` (OpenFlamingo drops CLS; MiniGPT-4 and
+    mPLUG-Owl keep it), ``final_norm`` (none: the last block's output, OpenFlamingo's features; ``post_layernorm``:
+    the encoder's final LayerNorm on every token, mPLUG-Owl's - and BLIP-2's ``ln_vision`` for EVA, with
+    ``final_norm_eps``). The preprocessing: ``resize`` (``crop``: shorter side then centre crop, CLIP's;
+    ``squash``: both sides to ``image_size``, MiniGPT-4's and mPLUG-Owl's), ``mean`` and ``std``.
+    """
 
     path: str | None = None
+    kind: Literal["clip", "eva"] = "clip"
     image_size: int = 224
     patch_size: int = 14
     width: int = 1024
     layers: int = 24
     heads: int = 16
     mlp_dim: int = 4096
+    eps: float = 1e-5
+    keep_cls: bool = False
+    final_norm: Literal["none", "post_layernorm"] = "none"
+    final_norm_eps: float | None = None  # default: eps
+    resize: Literal["crop", "squash"] = "crop"
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
 
 
 @dataclass
@@ -142,7 +190,7 @@ class CrossAttentionConfig:
     heads: int = 8
     dim_head: int = 64
     ff_mult: int = 4
-    media_mask: Literal["previous", "following"] = "previous"
+    media_mask: MediaMask = "previous"
     # Language-only rows skip the whole gated block (attention and feed-forward), as MultiModal-GPT trains.
     language_only_bypass: bool = True
 
@@ -186,6 +234,8 @@ class ModelConfig:
     cross_attention: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
     lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     # Where vision meets language. "cross_attention" is Flamingo; "prefix" (image tokens in the LM's input
-    # sequence: MiniGPT-4, mPLUG-Owl) will be another connector behind the same interface.
-    fusion: Literal["cross_attention"] = "cross_attention"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # sequence: MiniGPT-4, mPLUG-Owl) is the other model kind behind the same contract.
+    fusion: Literal["cross_attention", "prefix"] = "cross_attention"
+    dtype: DtypeName = "float32"
+    # How conversations are written for this model (data/styles.py): its template and stop strings.
+    prompt_style: str = "multimodal-gpt"

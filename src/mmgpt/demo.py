@@ -59,8 +59,8 @@ def tuning_config(
     rate and length for a 3M-parameter model on a CPU (the paper: lr 1e-5 for 9B parameters on 8 GPUs).
     ``one_word`` / ``language``: the data variants of ``world_data_config`` (the paper-findings experiment)."""
     from mmgpt.config import LoraConfig
-    from mmgpt.data.world.write import world_data_config
     from mmgpt.train.config import CheckpointConfig, LoggingConfig, OptimizerConfig, TrainConfig
+    from mmgpt.world.write import world_data_config
 
     data = world_data_config(world, one_word=one_word, language=language)
     data = replace(data, batch_size=cfg.batch_size, language_batch_size=cfg.batch_size)
@@ -83,17 +83,17 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
     from rich.console import Console
 
     from mmgpt.chat import ChatModel, ChatSession
-    from mmgpt.data.world.config import WorldConfig
-    from mmgpt.data.world.describe import dense_caption
-    from mmgpt.data.world.render import render_scene
-    from mmgpt.data.world.scene import sample_scene
-    from mmgpt.data.world.write import generate_world
-    from mmgpt.evaluate.report import print_results
-    from mmgpt.evaluate.runner import evaluate_world
     from mmgpt.generate import GenerationConfig
     from mmgpt.load import load
     from mmgpt.model.lora import load_adapter
     from mmgpt.train.run import train
+    from mmgpt.world.config import WorldConfig
+    from mmgpt.world.describe import dense_caption
+    from mmgpt.world.evaluate import evaluate_world
+    from mmgpt.world.render import render_scene
+    from mmgpt.world.report import print_results
+    from mmgpt.world.scene import sample_scene
+    from mmgpt.world.write import generate_world
 
     console = console or Console()
     if cfg.threads:
@@ -109,10 +109,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
     console.print(f"wrote {world}: {manifest['counts']}")
     n_params = sum(p.numel() for p in model.parameters())
     console.rule("2. the tiny pretrained OpenFlamingo, before tuning")
-    console.print(
-        f"{base}: {n_params / 1e6:.2f}M parameters, gated cross-attention before decoder layers "
-        f"{model.block_layers}, media mask {model.config.cross_attention.media_mask!r}"
-    )
+    console.print(f"{base}: {n_params / 1e6:.2f}M parameters, {model.summary()}")
     limits = dict(limit=cfg.eval_scenes)
     known = evaluate_world(model, tokenizer, world, prompt_format="qa", **limits)
     before = evaluate_world(model, tokenizer, world, **limits)

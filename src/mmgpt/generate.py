@@ -1,11 +1,13 @@
-"""Generation: cached decoding with images, sampling controls, stop tokens and strings, streaming.
+"""Generation: the one decoding loop behind every face - batches, streams, chat turns, the HTTP API.
 
-The prompt (and its images) run once; then each step feeds only the new token. The LM's self-attention
-keys/values live in the KV cache, the vision features are computed once per image, and the cross-attention
-keys/values of each image are projected once per generation (cached in :class:`~mmgpt.model.fusion.Media`),
-never at every step as the reference implementation did.
+:func:`decode` is the loop: one seeding, one suppression of ids that must never be generated, stop ids, stop
+strings and finish reasons, for any model of the contract. Its callers only prefill: :func:`generate` and
+:func:`stream` run a batch of prompts with their images; ``chat`` continues a conversation's cache. The prompt
+(and its images) run once; then each step feeds only the new tokens - the KV cache holds the rest, and what a model
+derives from each image is computed once per generation (``Media``), never at every step as the reference
+implementation of MultiModal-GPT did.
 
-Legend: b batch (rows after ``num_return_sequences``), T prompt tokens, V vocabulary.
+Legend: b batch (rows after ``num_return_sequences``), T prompt tokens, S tokens so far, V vocabulary.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.contract import VisionLanguageModel
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "cancelled"]
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -100,9 +103,11 @@ def next_tokens(
 ) -> torch.Tensor:
     """logits [b, V] (float32), seen [b, S] token ids so far -> next token ids [b]."""
     if config.repetition_penalty != 1.0:
-        picked = logits.gather(1, seen)
-        picked = torch.where(picked > 0, picked / config.repetition_penalty, picked * config.repetition_penalty)
-        logits = logits.scatter(1, seen, picked)
+        # Image positions (negative ids of prefix models) are not tokens: they are never penalised.
+        valid = seen >= 0
+        hits = torch.zeros_like(logits).scatter_add_(1, seen.clamp(min=0), valid.to(logits.dtype)) > 0
+        penalised = torch.where(logits > 0, logits / config.repetition_penalty, logits * config.repetition_penalty)
+        logits = torch.where(hits, penalised, logits)
     if config.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / config.temperature
@@ -121,49 +126,45 @@ def next_tokens(
 
 
 # ---------------------------------------------------------------------------------------------- the loop
+def make_generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
+    """The one random source of a generation: seeded when ``config.seed`` is set, fresh otherwise; greedy needs none.
+    A generation never touches the global RNG, so concurrent generations do not disturb each other."""
+    if config.temperature == 0:
+        return None
+    generator = torch.Generator(device=device)
+    if config.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(config.seed)
+    return generator
+
+
 @torch.no_grad()
-def decode_tokens(
-    model: Flamingo,
+def decode(
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    step: Step,
     *,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    images: torch.Tensor | None,
-    image_counts: torch.Tensor,
     config: GenerationConfig,
     stop_ids: set[int],
     suppress_ids: Sequence[int] = (),
     should_stop: Callable[[int, list[int]], bool] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield, per step, (tokens [b], alive [b]): the token chosen for each row and whether the row still runs.
+    """The decoding loop. ``logits`` [b, V]: the prefill's last position; ``seen`` [b, S]: the ids so far (for the
+    repetition penalty); ``step(tokens [b, 1], mask [b, 1]) -> logits [b, V]`` runs the model on the chosen tokens
+    (the caller keeps the cache).
 
-    A row stops at a stop id (the stop token is yielded with alive False), at ``should_stop(row, tokens)``, or
-    after ``max_new_tokens``. Rows are ``num_return_sequences`` copies of each prompt, prefilled once.
+    Yields, per step, (tokens [b], alive [b]): the token chosen for each row (-1 for a row that had already
+    stopped) and whether the row still runs. A row stops at a stop id (the stop token is yielded with alive
+    False), at ``should_stop(row, tokens)``, or after ``max_new_tokens``; ``step`` is not called after the last.
     """
-    device = model.device
-    out = model(
-        input_ids.to(device),
-        images=None if images is None else images.to(device),
-        image_counts=image_counts,
-        attention_mask=attention_mask.to(device),
-        use_cache=True,
-    )
-    logits, cache = out.logits[:, -1], out.cache
-    seen = input_ids.to(device)
-    if config.num_return_sequences > 1:
-        rows = torch.arange(input_ids.shape[0], device=device).repeat_interleave(config.num_return_sequences)
-        logits, seen, cache = logits[rows], seen[rows], cache.select(rows)
-    generator = None
-    if config.temperature > 0:
-        generator = torch.Generator(device=device)
-        if config.seed is None:
-            generator.seed()  # non-deterministic, and leaves the global RNG alone
-        else:
-            generator.manual_seed(config.seed)
+    device = logits.device
+    generator = make_generator(config, device)
     alive = torch.ones(seen.shape[0], dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in range(seen.shape[0])]
     suppress = torch.tensor(list(suppress_ids), dtype=torch.long, device=device)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    for step in range(config.max_new_tokens):
+    for position in range(config.max_new_tokens):
         logits = logits.float()
         if suppress.numel():
             logits[:, suppress] = float("-inf")
@@ -177,11 +178,43 @@ def decode_tokens(
                 if should_stop is not None and should_stop(row, generated[row]):
                     alive[row] = False
         yield tokens.where(was_alive, torch.full_like(tokens, -1)), alive.clone()
-        if not bool(alive.any()) or step == config.max_new_tokens - 1:
+        if not bool(alive.any()) or position == config.max_new_tokens - 1:
             return
         seen = torch.cat([seen, tokens[:, None]], dim=1)
-        out = model(tokens[:, None], attention_mask=alive[:, None].long(), cache=cache, use_cache=True)
-        logits, cache = out.logits[:, -1], out.cache
+        logits = step(tokens[:, None], alive[:, None].long())
+
+
+def prefill(
+    model: VisionLanguageModel,
+    prompts: Sequence[Sequence[int]],
+    images: Sequence[torch.Tensor | None],
+    config: GenerationConfig,
+) -> tuple[torch.Tensor, torch.Tensor, Step]:
+    """Run a batch of token-list prompts with per-row images (left padding, image stacking) once; returns the
+    last logits [b, V], the ids so far [b, T] and the step function that continues their cache. Rows are
+    ``num_return_sequences`` copies of each prompt, prefilled once."""
+    device = model.device
+    input_ids, attention_mask = pad_left(prompts, model.special.pad)
+    pixels, counts = stack_images(images)
+    out = model(
+        input_ids.to(device),
+        images=None if pixels is None else pixels.to(device),
+        image_counts=counts,
+        attention_mask=attention_mask.to(device),
+        use_cache=True,
+    )
+    logits, cache, seen = out.logits[:, -1], out.cache, input_ids.to(device)
+    if config.num_return_sequences > 1:
+        rows = torch.arange(input_ids.shape[0], device=device).repeat_interleave(config.num_return_sequences)
+        logits, seen, cache = logits[rows], seen[rows], cache.select(rows)
+    state = {"cache": cache}
+
+    def step(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = model(tokens, attention_mask=mask, cache=state["cache"], use_cache=True)
+        state["cache"] = out.cache
+        return out.logits[:, -1]
+
+    return logits, seen, step
 
 
 class RowText:
@@ -236,28 +269,25 @@ def stop_ids_of(tokenizer: PreTrainedTokenizerBase, config: GenerationConfig) ->
     return {tokenizer.eos_token_id, *config.stop_token_ids} - {None}
 
 
-def suppressed_ids(model: Flamingo, stop_ids: set[int]) -> list[int]:
-    """Never generate an ``<image>`` placeholder or padding (unless padding is also a stop token)."""
-    return [t for t in {model.special.image, model.special.pad} if t not in stop_ids]
+def suppressed_ids(model: VisionLanguageModel, stop_ids: set[int]) -> list[int]:
+    """Never generate what the model says must never be generated (an image placeholder, padding), unless it is
+    also a stop token."""
+    return sorted(t for t in model.never_generate() if t not in stop_ids)
 
 
 def _decode_prompts(
-    model: Flamingo,
+    model: VisionLanguageModel,
     prompts: Sequence[Sequence[int]],
     images: Sequence[torch.Tensor | None],
     config: GenerationConfig,
     stop_ids: set[int],
     should_stop: Callable[[int, list[int]], bool] | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`decode_tokens` for token-list prompts with per-row images (left padding, image stacking)."""
-    input_ids, attention_mask = pad_left(prompts, model.special.pad)
-    pixels, counts = stack_images(images)
-    return decode_tokens(
-        model,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        images=pixels,
-        image_counts=counts,
+    logits, seen, step = prefill(model, prompts, images, config)
+    return decode(
+        logits,
+        seen,
+        step,
         config=config,
         stop_ids=stop_ids,
         suppress_ids=suppressed_ids(model, stop_ids),
@@ -266,7 +296,7 @@ def _decode_prompts(
 
 
 def generate(
-    model: Flamingo,
+    model: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
     *,
@@ -307,8 +337,33 @@ def generate(
     return generations
 
 
+def stream_text(
+    steps: Iterator[tuple[torch.Tensor, torch.Tensor]], text: RowText, stop_ids: set[int], tokens: list[int]
+) -> Iterator[str]:
+    """Text deltas of row 0 of ``steps`` as soon as they are final; the generated ids (stop token excluded) are
+    appended to ``tokens``. Returns (as the generator's value) the finish reason."""
+    finish: FinishReason = "length"
+    for step, _ in steps:
+        token = int(step[0])
+        if token < 0:
+            break
+        if token in stop_ids:
+            finish = "stop"
+            break
+        tokens.append(token)
+        text.update(tokens)
+        if delta := text.delta():
+            yield delta
+        if text.stopped:
+            finish = "stop"
+            break
+    if rest := text.remainder():
+        yield rest
+    return finish
+
+
 def stream(
-    model: Flamingo,
+    model: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt: Sequence[int],
     *,
@@ -322,14 +377,6 @@ def stream(
         raise ValueError("stream() produces one sequence; use generate() for num_return_sequences > 1")
     stop_ids = stop_ids_of(tokenizer, config)
     text = RowText(tokenizer, config.stop_strings)
-    tokens: list[int] = []
     should_stop = (lambda _row, ids: (text.update(ids), text.stopped)[1]) if config.stop_strings else None
-    for step, _ in _decode_prompts(model, [prompt], [images], config, stop_ids, should_stop):
-        token = int(step[0])
-        if token >= 0 and token not in stop_ids:
-            tokens.append(token)
-            text.update(tokens)
-        if delta := text.delta():
-            yield delta
-    if rest := text.remainder():
-        yield rest
+    steps = _decode_prompts(model, [prompt], [images], config, stop_ids, should_stop)
+    yield from stream_text(steps, text, stop_ids, [])

@@ -24,14 +24,14 @@ import torch
 import yaml
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from mmgpt.config import ConfigError, LoraConfig, ModelConfig, closest, from_dict
+from mmgpt.config import DTYPES, ConfigError, LoraConfig, ModelConfig, closest, dtype_name, from_dict
 from mmgpt.embedded import TINY_WORLD_NAME, tiny_world_path
-from mmgpt.model.build import DTYPES, build_model, hf_source
+from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints import CONFIG_FILE, load_multimodal_gpt_lora, load_openflamingo_checkpoint, load_pretrained
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.contract import VisionLanguageModel
+from mmgpt.model.language import hf_source
 
 PRESETS_DIR = Path(__file__).parent / "presets" / "model"
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
 @dataclass
@@ -91,21 +91,6 @@ def load_preset(name: str | Path) -> ModelPreset:
     )
 
 
-def dtype_name(dtype: str | torch.dtype | None) -> str | None:
-    """'bfloat16' for torch.bfloat16, 'bf16' or 'bfloat16'; None stays None."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, torch.dtype):
-        names = {v: k for k, v in DTYPES.items()}
-        if dtype not in names:
-            raise ValueError(f"dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
-        return names[dtype]
-    name = _DTYPE_ALIASES.get(dtype, dtype)
-    if name not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)} (or bf16, fp16, fp32)")
-    return name
-
-
 def load(
     source: str | Path,
     *,
@@ -118,7 +103,7 @@ def load(
     device: str | torch.device = "cpu",
     device_map: str | dict | None = None,
     merge_lora: bool = False,
-) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     """Build a ready model (eval mode, frozen) and its tokenizer.
 
     ``source``: ``"tiny-world"`` (the embedded default, shipped pretrained),
@@ -174,7 +159,7 @@ def _from_downloads(
     dtype: str | None,
     device: str | torch.device,
     device_map: str | dict | None,
-) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     cfg = preset.model
     needed = {
         "lm": (lm, "the language model's HF directory (for MultiModal-GPT: the LLaMA-7B HF conversion)"),
@@ -241,7 +226,7 @@ def _local_file(path: str | Path, *, what: str) -> Path:
     return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
 
 
-def _load_lora(model: Flamingo, lora: str | Path, cfg: LoraConfig | None) -> None:
+def _load_lora(model: VisionLanguageModel, lora: str | Path, cfg: LoraConfig | None) -> None:
     from mmgpt.model.lora import ADAPTER_CONFIG_FILE, load_adapter
 
     path = Path(lora)
@@ -257,7 +242,7 @@ class _CallableModule(types.ModuleType):
     """``mmgpt.load`` is both this module and the function: when the module is imported before ``mmgpt.load`` is
     first used, Python binds the package attribute to the module, and calling it must still load a model."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
         return load(*args, **kwargs)
 
 

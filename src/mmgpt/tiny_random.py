@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
 from mmgpt.data.templates import HEADER
-from mmgpt.model.build import build_model
+from mmgpt.model.build import apply_architecture_options, build_model
 from mmgpt.tokens import train_tokenizer
 
 WORDS = (
@@ -46,8 +46,5 @@ def tiny_random_model(seed: int):
         ),
     )
     model, tokenizer = build_model(cfg, tokenizer=tokenizer)
-    with torch.no_grad():  # random gates, so the image really changes the output
-        for block in model.gated_blocks().values():
-            block.attn_gate.fill_(0.5)
-            block.ff_gate.fill_(0.5)
+    apply_architecture_options(model, gate_init=0.5)  # open gates, so the image really changes the output
     return model, tokenizer

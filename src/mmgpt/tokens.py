@@ -5,7 +5,11 @@ image-text chunk) and ``<image>`` (one per image; the image's latents are cross-
 costs exactly one token of context), then ``<PAD>`` when the tokenizer has no pad token. For LLaMA-7B (32000
 base) that gives ids 32000, 32001, 32002 and a vocabulary of 32003 (reference.md section 2).
 
-This module is the one home of those strings and of IGNORE_INDEX.
+Prefix models (MiniGPT-4, mPLUG-Owl) add no vocabulary row: each image is a run of ``IMAGE_POSITION`` ids -
+outside every vocabulary, so they can never be generated - that the model replaces by the image's embeddings.
+LM directories, adapters and merged exports then stay byte-compatible with the originals.
+
+This module is the one home of those strings, of IMAGE_POSITION and of IGNORE_INDEX.
 """
 
 from __future__ import annotations
@@ -19,14 +23,28 @@ IGNORE_INDEX = -100
 END_OF_CHUNK = "<|endofchunk|>"
 IMAGE = "<image>"
 PAD = "<PAD>"
+IMAGE_POSITION = -200  # a prefix model's image position in input_ids: never a vocabulary id, never a label
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a model wants conversations tokenised: its prompt style (``data/styles.py``) and the ids one image
+    becomes (Flamingo: its ``<image>`` id once; prefix models: ``IMAGE_POSITION`` once per image embedding).
+    ``image_tokens=None``: the tokenizer's ``<image>`` id, once (data tools that run without a model)."""
+
+    style: str = "multimodal-gpt"
+    image_tokens: tuple[int, ...] | None = None
+
+
+FLAMINGO_FORMAT = PromptFormat()  # MultiModal-GPT's template, the tokenizer's <image> once per image
 
 
 @dataclass(frozen=True)
 class SpecialTokenIds:
     """The ids the model and the data pipeline need, read once from a tokenizer."""
 
-    image: int
-    end_of_chunk: int
+    image: int  # what an image position holds in input_ids: <image> (Flamingo) or IMAGE_POSITION (prefix models)
+    end_of_chunk: int | None
     pad: int
     eos: int
     bos: int | None
@@ -59,6 +77,17 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialTokenIds:
         pad=tokenizer.pad_token_id,
         eos=tokenizer.eos_token_id,
         bos=tokenizer.bos_token_id,
+    )
+
+
+def prefix_special_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialTokenIds:
+    """The ids a prefix model needs, adding nothing to the tokenizer: images are IMAGE_POSITION runs; padding is
+    the tokenizer's pad token, else its unknown token, else EOS (padding is masked everywhere, so any id works)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no EOS token; every response ends with EOS, so one is required")
+    pad = next(t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) if t is not None)
+    return SpecialTokenIds(
+        image=IMAGE_POSITION, end_of_chunk=None, pad=pad, eos=tokenizer.eos_token_id, bos=tokenizer.bos_token_id
     )
 
 

@@ -93,7 +93,7 @@ def openflamingo_9b_v1_on_meta():
         return build_flamingo(
             cfg=cfg,
             vision_encoder=build_vision_encoder(cfg.vision),
-            lang_encoder=build_language_model(cfg),
+            lang_encoder=build_language_model(cfg.lm),
             special=SpecialTokenIds(image=32001, end_of_chunk=32000, pad=32002, eos=2, bos=1),
             vocab_size=32003,
         )
@@ -122,7 +122,7 @@ def downloads(tmp_path_factory):
     tokenizer = make_tokenizer()
     cfg = tiny_config("llama", "following", vocab_size=len(tokenizer))
     torch.manual_seed(0)
-    build_language_model(cfg).save_pretrained(root / "llama")
+    build_language_model(cfg.lm).save_pretrained(root / "llama")
     tokenizer.save_pretrained(root / "llama")
     build_vision_encoder(cfg.vision).model.save_pretrained(root / "clip")
     save_yaml(cfg, root / "tiny.yaml")

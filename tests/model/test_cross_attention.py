@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mmgpt.model.fusion.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention, attend_index
+from mmgpt.model.fusion.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention
+from mmgpt.model.fusion.media_mask import attend_index
 from mmgpt.model.resamplers.perceiver import PerceiverResampler
 
 IMG, EOC, A, B, C, D = 9, 8, 1, 2, 3, 4

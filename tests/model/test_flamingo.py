@@ -9,13 +9,12 @@ from mmgpt.model.build import (
     build_flamingo,
     build_language_model,
     build_vision_encoder,
-    openflamingo_trainable,
 )
 from mmgpt.model.checkpoints import load_pretrained, save_pretrained
-from mmgpt.model.flamingo import lm_cache_argument
-from mmgpt.model.language import decoder_layers
+from mmgpt.model.language import decoder_layers, lm_cache_argument
 from mmgpt.tokens import add_special_tokens
 from tests.model.conftest import make_tokenizer, openflamingo_9b_v1_on_meta, random_images, tiny_config, tiny_model
+from tests.model.test_training_path import openflamingo_trainable
 
 FAMILIES = ["llama", "gpt_neox", "mpt", "qwen2"]
 
@@ -30,7 +29,7 @@ def test_fresh_gates_give_the_bare_lm_logits(family):
     tokenizer = make_tokenizer()
     cfg = tiny_config(family, vocab_size=len(tokenizer))
     special = add_special_tokens(tokenizer)
-    lm = build_language_model(cfg)
+    lm = build_language_model(cfg.lm)
     bare = copy.deepcopy(lm)
     model = build_flamingo(
         cfg=cfg,
@@ -177,7 +176,7 @@ def test_wrong_image_size_is_a_clear_error():
 
 def test_unknown_lm_family_names_the_fix():
     cfg = tiny_config("llama")
-    lm = build_language_model(cfg)
+    lm = build_language_model(cfg.lm)
     lm.config.model_type = "my_new_lm"
     with pytest.raises(ValueError, match=r"lm\.decoder_layers_path: 'model\.layers'"):
         decoder_layers(lm)

@@ -80,7 +80,7 @@ def test_missing_downloads_are_named_with_the_fix(downloads):
 def test_an_lm_of_another_depth_is_refused_before_loading(downloads, tmp_path):
     cfg = tiny_config("llama", "following", vocab_size=len(make_tokenizer()))
     cfg.lm.hf_config["num_hidden_layers"] = 6
-    build_language_model(cfg).save_pretrained(tmp_path / "deeper")
+    build_language_model(cfg.lm).save_pretrained(tmp_path / "deeper")
     with pytest.raises(ValueError, match=r"num_hidden_layers=6 but preset 'tiny' is built on an LM with .*=4"):
         load_tiny(downloads, lm=tmp_path / "deeper")
 

@@ -28,7 +28,7 @@ def on_meta(name: str, vocab_size: int):
         return build_flamingo(
             cfg=cfg,
             vision_encoder=build_vision_encoder(cfg.vision),
-            lang_encoder=build_language_model(cfg),
+            lang_encoder=build_language_model(cfg.lm),
             special=SpecialTokenIds(
                 image=vocab_size - 2, end_of_chunk=vocab_size - 3, pad=vocab_size - 1, eos=2, bos=None
             ),

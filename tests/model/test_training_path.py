@@ -2,8 +2,15 @@
 
 import torch
 
-from mmgpt.model.build import openflamingo_trainable
 from tests.model.conftest import random_images, tiny_model
+
+
+def openflamingo_trainable(model):
+    """What OpenFlamingo pretraining trains (the model's "openflamingo" preset), unfrozen; returns it."""
+    params = [p for _, p in model.group_parameters(model.trainable_groups("openflamingo"))]
+    for p in params:
+        p.requires_grad_(True)
+    return params
 
 
 def loss_of(model, tokenizer):

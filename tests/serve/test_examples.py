@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from PIL import Image
 
-from mmgpt.data.world.render import render_scene
-from mmgpt.data.world.scene import sample_scene
 from mmgpt.serve.web import EXAMPLE_SCENE, example_images
+from mmgpt.world.render import render_scene
+from mmgpt.world.scene import sample_scene
 
 
 def test_the_example_image_is_the_world_scene(tmp_path):

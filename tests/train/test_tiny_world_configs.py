@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from mmgpt.train.config import load_train_config
-from tests.data.world.conftest import tokenizer, world
+from tests.world.conftest import tokenizer, world
 
 __all__ = ["tokenizer", "world"]
 

@@ -40,7 +40,7 @@ def test_a_lora_run_writes_a_peft_adapter_checkpoints_and_metrics(train_config, 
     lines = records(run_dir)
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert all(r["loss_vl"] > 0 and r["loss_lo"] > 0 and r["samples"] == 4 for r in lines)
-    assert lines[0]["lr"] == 1e-3  # warmup of one step, then cosine decay
+    assert lines[0]["lr"] == 0.0 and lines[1]["lr"] == 1e-3  # the reference's warmup from 0 (one step), then cosine
     assert lines[-1]["lr"] < lines[1]["lr"]
     # peft itself loads the adapter onto the bare LM, with exactly the weights training ended with.
     model, _ = load_pretrained(tiny_model_dir)
@@ -174,8 +174,8 @@ def test_pretraining_from_random_weights_trains_every_part(train_config, tmp_pat
 
 
 def test_world_generation_metrics_pick_the_best_checkpoint(train_config, tmp_path):
-    from mmgpt.data.world.config import WorldConfig
-    from mmgpt.data.world.write import generate_world
+    from mmgpt.world.config import WorldConfig
+    from mmgpt.world.write import generate_world
 
     world = tmp_path / "world"
     generate_world(world, WorldConfig(scenes=2, heldout=2, language=2, heldout_language=2))
@@ -193,22 +193,19 @@ def test_world_generation_metrics_pick_the_best_checkpoint(train_config, tmp_pat
 
 
 def test_gate_init_opens_every_gate_before_training(train_config, tiny_model_dir):
-    from mmgpt.train.run import load_base_model
-    from mmgpt.train.trainer import Trainer
+    from mmgpt.train.run import load_run_model
 
-    model, tokenizer = load_base_model(str(tiny_model_dir))
-    Trainer(load_train_config(train_config, ["gate_init=0.25"]), model, tokenizer)
+    model, _ = load_run_model(load_train_config(train_config, ["gate_init=0.25"]))
     assert {float(g) for b in model.gated_blocks().values() for g in (b.attn_gate, b.ff_gate)} == {0.25}
 
 
 def test_vision_positions_adds_the_table_before_training(train_config, tiny_model_dir):
-    from mmgpt.train.run import load_base_model
-    from mmgpt.train.trainer import Trainer
+    from mmgpt.train.run import load_base_model, load_run_model
 
-    model, tokenizer = load_base_model(str(tiny_model_dir))
+    base, _ = load_base_model(str(tiny_model_dir))
+    before = base.vision_encoder.model.embeddings.position_embedding.weight.detach().clone()
+    model, _ = load_run_model(load_train_config(train_config, ["vision_positions=3.0"]))
     weight = model.vision_encoder.model.embeddings.position_embedding.weight
-    before = weight.detach().clone()
-    Trainer(load_train_config(train_config, ["vision_positions=3.0"]), model, tokenizer)
     added = (weight.detach() - before)[1:]
     assert torch.allclose(added.norm(dim=1), torch.full((added.shape[0],), 3.0))
 

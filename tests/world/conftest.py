@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mmgpt.data.world.config import WorldConfig
-from mmgpt.data.world.corpus import world_tokenizer
-from mmgpt.data.world.write import generate_world
+from mmgpt.world.config import WorldConfig
+from mmgpt.world.corpus import world_tokenizer
+from mmgpt.world.write import generate_world
 
 SMALL = WorldConfig(seed=3, scenes=12, heldout=4, language=40, heldout_language=8)
 

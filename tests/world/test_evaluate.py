@@ -14,12 +14,12 @@ from mmgpt.config import (
 )
 from mmgpt.data.document import Document
 from mmgpt.data.tokenize import ConversationTokenizer
-from mmgpt.data.world.write import load_heldout
-from mmgpt.evaluate.items import language_items, scene_items
-from mmgpt.evaluate.report import results_table
-from mmgpt.evaluate.runner import evaluate_world, generate_responses, qa_prompt
 from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints import save_pretrained
+from mmgpt.world.evaluate import evaluate_world, generate_responses, qa_prompt
+from mmgpt.world.items import language_items, scene_items
+from mmgpt.world.report import results_table
+from mmgpt.world.write import load_heldout
 from tests.model.conftest import tiny_config
 
 PRESET = "src/mmgpt/presets/model/tiny-world.yaml"

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmgpt.data.world.scene import Scene, Shape
-from mmgpt.data.world.write import load_heldout
-from mmgpt.evaluate.items import language_items, scene_items
-from mmgpt.evaluate.report import rows
-from mmgpt.evaluate.runner import score
-from mmgpt.evaluate.world import (
+from mmgpt.world.evaluate import score
+from mmgpt.world.items import language_items, scene_items
+from mmgpt.world.metrics import (
     answer_correct,
     colours,
     description_scores,
@@ -20,6 +17,9 @@ from mmgpt.evaluate.world import (
     shapes,
     summarise,
 )
+from mmgpt.world.report import rows
+from mmgpt.world.scene import Scene, Shape
+from mmgpt.world.write import load_heldout
 
 SCENE = Scene("s", "k", (Shape("circle", "red", "large", 0, 0), Shape("square", "blue", "small", 1, 1)))
 

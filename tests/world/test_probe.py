@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from mmgpt.cli import main
-from mmgpt.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape, sample_scenes
-from mmgpt.evaluate.probe import cell_labels, probe_cells, read_cells, ridge_probe, value_token_ids
+from mmgpt.data.images import ImageTransform
 from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints import save_pretrained
+from mmgpt.tokens import special_token_ids
+from mmgpt.world.probe import cell_labels, probe_cells, read_cells, ridge_probe, value_token_ids
+from mmgpt.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape, sample_scenes
 from tests.model.conftest import make_tokenizer, tiny_config, tiny_model
 
 
@@ -80,10 +83,16 @@ def test_the_command_prints_the_table_and_writes_the_json(saved_tiny, tmp_path, 
 class FixedReader:
     """Stands in for a model in read_cells: logits from ``choose(input_ids)`` ([b, T] -> token id per position)."""
 
-    def __init__(self, vocab: int, choose):
+    def __init__(self, vocab: int, choose, image_id: int, pad: int):
         self.vocab, self.choose = vocab, choose
         self.device = torch.device("cpu")
-        self.vision_encoder = type("Vision", (), {"image_size": 96})()
+        self.special = SimpleNamespace(image=image_id, pad=pad)
+
+    def image_transform(self) -> ImageTransform:
+        return ImageTransform(size=96)
+
+    def image_placeholders(self) -> tuple[int, ...]:
+        return (self.special.image,)
 
     def __call__(self, input_ids, *, images, attention_mask):
         assert images.shape[:3] == (input_ids.shape[0], 1, 1) and attention_mask.shape == input_ids.shape
@@ -94,10 +103,13 @@ class FixedReader:
 
 def test_read_cells_scores_the_value_predicted_before_each_word(tokenizer):
     scenes = sample_scenes(0, "read", 30)
-    oracle = FixedReader(len(tokenizer), lambda ids: torch.cat([ids[:, 1:], ids[:, :1]], dim=1))  # the next token
+    special = special_token_ids(tokenizer)
+    oracle = FixedReader(  # the next token
+        len(tokenizer), lambda ids: torch.cat([ids[:, 1:], ids[:, :1]], dim=1), special.image, special.pad
+    )
     assert read_cells(oracle, tokenizer, scenes, batch_size=7) == {"kind": [1.0] * 9, "colour": [1.0] * 9}
     ids = value_token_ids(tokenizer)
-    red_circle = FixedReader(len(tokenizer), lambda t: torch.full_like(t, ids["red"]))  # colour: always red
+    red_circle = FixedReader(len(tokenizer), lambda t: torch.full_like(t, ids["red"]), special.image, special.pad)
     read = read_cells(red_circle, tokenizer, scenes, batch_size=64)
     for i, position in enumerate(POSITIONS.values()):
         shapes = [s.at(position) for s in scenes if s.at(position) is not None]

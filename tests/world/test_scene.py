@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mmgpt.data.world.describe import (
+from mmgpt.world.describe import (
     captions,
     dense_caption,
     detailed_description,
@@ -16,8 +16,8 @@ from mmgpt.data.world.describe import (
     tally_caption,
     where_caption,
 )
-from mmgpt.data.world.render import png_bytes, render_scene
-from mmgpt.data.world.scene import MAX_SHAPES, POSITIONS, Scene, Shape, sample_scene, sample_scenes
+from mmgpt.world.render import png_bytes, render_scene
+from mmgpt.world.scene import MAX_SHAPES, POSITIONS, Scene, Shape, sample_scene, sample_scenes
 
 
 def test_same_key_same_scene_and_bytes():

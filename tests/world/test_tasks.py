@@ -7,12 +7,12 @@ import random
 
 from mmgpt.data.templates import render_text
 from mmgpt.data.tokenize import tokenize_conversation
-from mmgpt.data.world.language import LANGUAGE_TASKS, language_tasks
-from mmgpt.data.world.questions import QUESTIONS, ask, rationale_question
-from mmgpt.data.world.scene import Scene, Shape, sample_scenes
-from mmgpt.data.world.tasks import scene_tasks, task_conversations
-from mmgpt.evaluate.world import answer_correct, language_correct
 from mmgpt.tokens import IGNORE_INDEX
+from mmgpt.world.language import LANGUAGE_TASKS, language_tasks
+from mmgpt.world.metrics import answer_correct, language_correct
+from mmgpt.world.questions import QUESTIONS, ask, rationale_question
+from mmgpt.world.scene import Scene, Shape, sample_scenes
+from mmgpt.world.tasks import scene_tasks, task_conversations
 
 
 def test_every_task_tokenises_without_unknown_tokens(tokenizer):

@@ -12,13 +12,13 @@ from mmgpt.data.config import load_data_config
 from mmgpt.data.loader import build_training_batches
 from mmgpt.data.sources import read_source
 from mmgpt.data.tokenize import load_tokenizer
-from mmgpt.data.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, PLAIN_QA, DialogueForm
-from mmgpt.data.world.describe import grid_caption, index_caption, tally_caption, where_caption
-from mmgpt.data.world.language import language_tasks
-from mmgpt.data.world.scene import Scene, sample_scenes
-from mmgpt.data.world.tasks import scene_tasks, task_conversations
-from mmgpt.data.world.write import generate_world, load_heldout, world_data_config
 from mmgpt.tokens import END_OF_CHUNK, IMAGE
+from mmgpt.world.corpus import DIALOGUE_FORMS, DIALOGUE_LEADS, PLAIN_QA, DialogueForm
+from mmgpt.world.describe import grid_caption, index_caption, tally_caption, where_caption
+from mmgpt.world.language import language_tasks
+from mmgpt.world.scene import Scene, sample_scenes
+from mmgpt.world.tasks import scene_tasks, task_conversations
+from mmgpt.world.write import generate_world, load_heldout, world_data_config
 
 from .conftest import SMALL
 

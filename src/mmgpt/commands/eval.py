@@ -33,10 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from mmgpt.data.world.write import load_heldout
-    from mmgpt.evaluate.report import print_results
-    from mmgpt.evaluate.runner import evaluate_world
     from mmgpt.load import load
+    from mmgpt.world.evaluate import evaluate_world
+    from mmgpt.world.report import print_results
+    from mmgpt.world.write import load_heldout
 
     console = Console()
     if args.threads is not None:
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         console.print(f"error: {error}", markup=False, highlight=False)
         return 2
-    if heldout.image_size != model.vision_encoder.image_size:
+    if heldout.image_size != model.image_transform().size:
         console.print(
             f"note: the world's images are {heldout.image_size} px and the model's ViT takes "
-            f"{model.vision_encoder.image_size} px; they are resized",
+            f"{model.image_transform().size} px; they are resized",
             highlight=False,
         )
     with Progress(console=console, transient=True) as progress:

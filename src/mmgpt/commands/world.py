@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmgpt.data.world.config import WorldConfig  # light: the CLI shows its defaults
+    from mmgpt.world.config import WorldConfig  # light: the CLI shows its defaults
 
     defaults = WorldConfig()
     verbs = parser.add_subparsers(dest="world_verb", required=True, metavar="WORLD_VERB")
@@ -46,8 +46,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from mmgpt.data.world.config import WorldConfig
-    from mmgpt.data.world.write import DATA_CONFIG, DATA_CONFIG_ONE_WORD, generate_world
+    from mmgpt.world.config import WorldConfig
+    from mmgpt.world.write import DATA_CONFIG, DATA_CONFIG_ONE_WORD, generate_world
 
     console = Console()
     try:
@@ -87,8 +87,8 @@ def run_probe(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mmgpt.evaluate.probe import probe_cells, value_token_ids
     from mmgpt.load import load
+    from mmgpt.world.probe import probe_cells, value_token_ids
 
     console = Console()
     if args.scenes < 50:

@@ -6,10 +6,12 @@ classic), truncated or corrupt, or larger than the pixel budget (a decompression
 gigabytes). Palettes, grey levels, 16-bit grey, CMYK and alpha are converted to RGB (alpha is composited
 on white, as a viewer shows it); EXIF orientation is applied so a phone photo is seen upright.
 
-``ImageTransform`` is OpenAI CLIP's preprocessing (reference.md section 2): resize the shorter side to
-``size`` with bicubic resampling, centre crop ``size`` x ``size``, scale to [0, 1], normalise with the CLIP
-mean/std. Written with PIL and torch only (torchvision does not import beside this torch); the arithmetic
-matches torchvision's ``Resize(size, BICUBIC)`` + ``CenterCrop(size)`` on PIL images.
+``ImageTransform`` is a vision encoder's preprocessing, built from what the encoder declares
+(``VisionLanguageModel.image_transform``): ``resize="crop"`` is OpenAI CLIP's (reference.md section 2: the shorter
+side to ``size`` with bicubic resampling, then the centre ``size`` x ``size``), ``resize="squash"`` MiniGPT-4's and
+mPLUG-Owl's (both sides to ``size``, bicubic, the aspect ratio not kept); then scale to [0, 1] and normalise with
+the encoder's mean/std (CLIP's by default). Written with PIL and torch only (torchvision does not import beside this
+torch); the arithmetic matches torchvision's ``Resize`` + ``CenterCrop`` on PIL images.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmgpt.config import CLIP_MEAN, CLIP_STD
 from mmgpt.data.conversation import ImageRef
 
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SIZE = 224
 # 64 megapixels: far above any photo in the instruction sets (COCO is ~0.3 MP), far below a bomb.
 DEFAULT_MAX_PIXELS = 64 * 2**20
@@ -137,20 +138,28 @@ def load_image(image: ImageRef, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
         return rgb.copy() if rgb is opened else rgb
 
 
+RESIZE_MODES = ("crop", "squash")
+
+
 @dataclass(frozen=True)
 class ImageTransform:
-    """CLIP preprocessing: image reference -> float tensor [3, size, size] (normalised)."""
+    """An encoder's preprocessing: image reference -> float tensor [3, size, size] (normalised)."""
 
     size: int = CLIP_SIZE
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"image size must be positive, got {self.size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need 3 values each and std > 0, got {self.mean} and {self.std}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize={self.resize!r} is not one of {RESIZE_MODES}")
+        object.__setattr__(self, "mean", tuple(self.mean))
+        object.__setattr__(self, "std", tuple(self.std))
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """Shorter side to ``size`` (bicubic), then the centre ``size`` x ``size`` square; RGB in and out."""
@@ -167,9 +176,15 @@ class ImageTransform:
             image = image.crop((left, top, left + self.size, top + self.size))
         return image
 
+    def squash(self, image: Image.Image) -> Image.Image:
+        """Both sides to ``size`` (bicubic), the aspect ratio not kept; RGB in and out."""
+        square = (self.size, self.size)
+        return image if image.size == square else image.resize(square, Image.Resampling.BICUBIC)
+
     def __call__(self, image: ImageRef) -> torch.Tensor:
         """[3, size, size] float32."""
-        square = self.resize_and_crop(load_image(image, max_pixels=self.max_pixels))
+        rgb = load_image(image, max_pixels=self.max_pixels)
+        square = self.resize_and_crop(rgb) if self.resize == "crop" else self.squash(rgb)
         pixels = torch.frombuffer(bytearray(square.tobytes()), dtype=torch.uint8)
         tensor = pixels.view(self.size, self.size, 3).permute(2, 0, 1).float().div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)

@@ -23,7 +23,7 @@ from mmgpt.data.images import ImageError, ImageTransform
 from mmgpt.data.mixture import Pool, ShardedStream, build_pool, takes_language
 from mmgpt.data.sources import SourceStats, read_source
 from mmgpt.data.tokenize import ConversationTokenizer, SampleDropped
-from mmgpt.tokens import special_token_ids
+from mmgpt.tokens import FLAMINGO_FORMAT, PromptFormat, special_token_ids
 
 
 def read_pool(
@@ -136,16 +136,21 @@ def build_training_batches(
     rank: int = 0,
     world_size: int = 1,
     image_transform: ImageTransform | None = None,
+    fmt: PromptFormat = FLAMINGO_FORMAT,
+    pad_id: int | None = None,
     stats: dict[str, SourceStats] | None = None,
 ) -> PairedBatches:
-    """The paired, sharded, resumable batches of ``cfg`` for one rank (every rank reads the same files)."""
+    """The paired, sharded, resumable batches of ``cfg`` for one rank (every rank reads the same files).
+
+    A model's run passes its ``image_transform()``, ``prompt_format`` and ``special.pad``; without them the data
+    is prepared for a Flamingo (the tokenizer's ``<image>`` and ``<PAD>``, CLIP's transform at ``image_size``)."""
     if not cfg.vision_language:
         raise ConfigError("the data config has no vision_language sources; each step needs one such batch")
     if cfg.language_ratio > 0 and not cfg.language:
         raise ConfigError("language_ratio > 0 but no language sources; add some or set language_ratio: 0")
-    tokenize = ConversationTokenizer(tokenizer, max_length=cfg.max_length)
+    tokenize = ConversationTokenizer(tokenizer, fmt=fmt, max_length=cfg.max_length)
     transform = image_transform or ImageTransform(size=cfg.image_size, max_pixels=cfg.max_image_pixels)
-    pad_id = special_token_ids(tokenizer).pad
+    pad_id = special_token_ids(tokenizer).pad if pad_id is None else pad_id
 
     def batches(name: str, sources: list[SourceConfig], batch_size: int) -> BatchStream:
         pool = read_pool(cfg, sources, stats=stats)

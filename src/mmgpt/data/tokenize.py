@@ -5,16 +5,18 @@ Rules (reference.md sections 4-5):
 - one BOS at the start of the sequence (when the tokenizer's own convention adds one), never one per turn;
 - every label is IGNORE_INDEX except the tokens of each response and the EOS that closes it; a trained label
   equals its input id (labels are NOT shifted here: ``train/loss.py`` shifts them, in one place);
-- each image is exactly one ``<image>`` token, the tokenizer's ``<image>`` id;
-- truncation keeps the first ``max_length`` tokens and the images whose ``<image>`` token survived, so a
-  token is never separated from its image;
+- each image is the ids the model gives for one image (``PromptFormat.image_tokens``): Flamingo's one
+  ``<image>`` token (the default, read from the tokenizer), or a prefix model's run of ``IMAGE_POSITION`` ids;
+- truncation keeps the first ``max_length`` tokens and the images whose placeholders survived whole, so a
+  placeholder is never separated from its image;
 - a sample that cannot train is not returned: :class:`SampleDropped` is raised with a ``reason``
   (``"fully_masked"`` when truncation leaves no response token - the usual cause of NaN or zero losses -,
   ``"image_mismatch"`` when the text itself holds a literal ``<image>``). Callers count and skip them.
 
-Each segment is tokenised on its own and the pieces are concatenated: the label boundaries are then exact,
-whatever the tokenizer would merge across them, and ``tokenize_prompt`` - which the chat module uses - yields
-exactly the tokens the model saw in training for the same history.
+Conversations are rendered by the model's prompt style (``data/styles/``). Each segment is tokenised on its own
+and the pieces are concatenated: the label boundaries are then exact, whatever the tokenizer would merge across
+them (MiniGPT-4 and mPLUG-Owl tokenised per segment too), and ``tokenize_prompt`` - which the chat module uses -
+yields exactly the tokens the model saw in training for the same history.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.conversation import Conversation, ImageRef
 from mmgpt.data.document import Document
-from mmgpt.data.templates import HEADER, Segment, render, render_prompt
-from mmgpt.tokens import IGNORE_INDEX, IMAGE, special_token_ids
+from mmgpt.data.styles import get_style
+from mmgpt.data.templates import HEADER, Segment
+from mmgpt.tokens import FLAMINGO_FORMAT, IGNORE_INDEX, IMAGE, PromptFormat
 
 DropReason = Literal["fully_masked", "image_mismatch"]
 DEFAULT_MAX_LENGTH = 512  # the paper's maximum tokens per sample
@@ -69,32 +72,40 @@ class TokenizedSample:
 
 
 class ConversationTokenizer:
-    """Tokenises conversations with one tokenizer; build it once (it reads the special ids once).
+    """Tokenises conversations with one tokenizer in one prompt format; build it once.
 
-    ``add_bos=None`` follows the tokenizer: a BOS is prepended when the tokenizer itself prepends one
-    (LLaMA does; GPT-NeoX and MPT tokenizers do not).
+    ``fmt``: the model's prompt style and image ids (``model.prompt_format``; the default is MultiModal-GPT's style
+    with the tokenizer's ``<image>`` token). ``add_bos=None`` follows the tokenizer: a BOS is prepended when the
+    tokenizer itself prepends one (LLaMA does; GPT-NeoX and MPT tokenizers do not).
     """
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
         *,
+        fmt: PromptFormat = FLAMINGO_FORMAT,
         max_length: int = DEFAULT_MAX_LENGTH,
         add_bos: bool | None = None,
     ) -> None:
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 (a prompt token and an answer token), got {max_length}")
-        ids = special_token_ids(tokenizer)
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has no EOS token; every response ends with EOS, so one is required")
         self.tokenizer = tokenizer
+        self.style = get_style(fmt.style)
         self.max_length = max_length
-        self.image_id = ids.image
-        self.eos_id = ids.eos
+        self.image_tokens = list(fmt.image_tokens) if fmt.image_tokens is not None else [_image_id(tokenizer)]
+        if not self.image_tokens or len(set(self.image_tokens)) != 1:
+            raise ValueError(f"an image must be a run of one placeholder id, got {fmt.image_tokens}")
+        self.image_id = self.image_tokens[0]
+        self.eos_id = tokenizer.eos_token_id
+        bos = tokenizer.bos_token_id
         if add_bos is None:
             probe = tokenizer("a")["input_ids"]
-            add_bos = ids.bos is not None and bool(probe) and probe[0] == ids.bos
-        if add_bos and ids.bos is None:
+            add_bos = bos is not None and bool(probe) and probe[0] == bos
+        if add_bos and bos is None:
             raise ValueError("add_bos=True but the tokenizer has no BOS token")
-        self.prefix: list[int] = [ids.bos] if add_bos and ids.bos is not None else []
+        self.prefix: list[int] = [bos] if add_bos and bos is not None else []
         self._backend = self._equivalent_backend(tokenizer)
 
     @staticmethod
@@ -128,8 +139,8 @@ class ConversationTokenizer:
         pieces = iter(encoded)
         for segment in segments:
             if segment.is_image:
-                input_ids.append(self.image_id)
-                labels.append(IGNORE_INDEX)
+                input_ids.extend(self.image_tokens)
+                labels.extend([IGNORE_INDEX] * len(self.image_tokens))
                 continue
             ids = next(pieces)
             if segment.response and segment.eos:
@@ -141,19 +152,22 @@ class ConversationTokenizer:
         where = f"conversation {conversation.id or '(no id)'}" + (
             f" of {conversation.source}" if conversation.source else ""
         )
+        per_image = len(self.image_tokens)
         n_tokens = input_ids.count(self.image_id)
-        if n_tokens != len(images):
+        if n_tokens != len(images) * per_image:
             raise SampleDropped(
                 "image_mismatch",
-                f"{where}: {n_tokens} <image> tokens for {len(images)} images; the text itself contains a literal "
-                "'<image>' - remove it from the message text and attach the image to the message instead",
+                f"{where}: {n_tokens // per_image} <image> tokens for {len(images)} images; the text itself contains "
+                "a literal '<image>' - remove it from the message text and attach the image to the message instead",
             )
         full_length = len(input_ids)
         truncated = train and full_length > self.max_length
         if truncated:
-            input_ids = input_ids[: self.max_length]
-            labels = labels[: self.max_length]
-            images = images[: input_ids.count(self.image_id)]
+            # Never keep part of an image: a cut inside a run of placeholders moves before that run.
+            end = self.max_length - input_ids[: self.max_length].count(self.image_id) % per_image
+            input_ids = input_ids[:end]
+            labels = labels[:end]
+            images = images[: input_ids.count(self.image_id) // per_image]
         if train and labels.count(IGNORE_INDEX) == len(labels):
             raise SampleDropped(
                 "fully_masked",
@@ -172,7 +186,7 @@ class ConversationTokenizer:
 
     def __call__(self, conversation: Conversation | Document) -> TokenizedSample:
         """A training sample; raises :class:`SampleDropped`."""
-        segments = _segments(conversation)
+        segments = self._segments(conversation)
         encoded = self.encode([s.text for s in segments if not s.is_image])
         return self._assemble(conversation, segments, encoded, train=True)
 
@@ -181,7 +195,7 @@ class ConversationTokenizer:
 
         Each result is a sample or the :class:`SampleDropped` it would have raised, in input order.
         """
-        rendered = [_segments(c) for c in conversations]
+        rendered = [self._segments(c) for c in conversations]
         texts = [s.text for segments in rendered for s in segments if not s.is_image]
         encoded = self.encode(texts)
         results: list[TokenizedSample | SampleDropped] = []
@@ -195,42 +209,58 @@ class ConversationTokenizer:
             start += n
         return results
 
+    def _segments(self, sample: Conversation | Document) -> list[Segment]:
+        return sample.segments() if isinstance(sample, Document) else self.style.render(sample)
+
     def prompt(self, conversation: Conversation) -> TokenizedSample:
-        """A generation prompt (history + new user turn, ending with ``### Response:\\n``), untruncated and
-        with every label IGNORE_INDEX. Same tokens as training produced for the same history."""
-        segments = render_prompt(conversation)
+        """A generation prompt (history + new user turn, ending where the answer starts), untruncated and with
+        every label IGNORE_INDEX. Same tokens as training produced for the same history."""
+        segments = self.style.render_prompt(conversation)
         encoded = self.encode([s.text for s in segments if not s.is_image])
         return self._assemble(conversation, segments, encoded, train=False)
 
 
-def _segments(sample: Conversation | Document) -> list[Segment]:
-    return sample.segments() if isinstance(sample, Document) else render(sample)
+def _image_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    image = tokenizer.get_vocab().get(IMAGE)
+    if image is None:
+        raise ValueError(
+            f"the tokenizer has no {IMAGE!r} token and no image ids were given; call "
+            "mmgpt.tokens.add_special_tokens(tokenizer) for a Flamingo, or pass the model's prompt_format"
+        )
+    return image
 
 
-_cache: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[int, int, ConversationTokenizer]] = (
+_cache: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[tuple, ConversationTokenizer]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _cached(tokenizer: PreTrainedTokenizerBase, max_length: int) -> ConversationTokenizer:
+def _cached(tokenizer: PreTrainedTokenizerBase, max_length: int, fmt: PromptFormat) -> ConversationTokenizer:
     # Keyed on the vocabulary size as well, so adding tokens after a first call cannot leave stale ids.
-    hit = _cache.get(tokenizer)
-    if hit is None or hit[0] != len(tokenizer) or hit[1] != max_length:
-        hit = (len(tokenizer), max_length, ConversationTokenizer(tokenizer, max_length=max_length))
-        _cache[tokenizer] = hit
-    return hit[2]
+    per_tokenizer = _cache.setdefault(tokenizer, {})
+    key = (len(tokenizer), max_length, fmt)
+    if key not in per_tokenizer:
+        per_tokenizer[key] = ConversationTokenizer(tokenizer, fmt=fmt, max_length=max_length)
+    return per_tokenizer[key]
 
 
 def tokenize_conversation(
-    conversation: Conversation, tokenizer: PreTrainedTokenizerBase, max_length: int = DEFAULT_MAX_LENGTH
+    conversation: Conversation,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    *,
+    fmt: PromptFormat = FLAMINGO_FORMAT,
 ) -> TokenizedSample:
     """A training sample of ``conversation``; raises :class:`SampleDropped` (see the module docstring)."""
-    return _cached(tokenizer, max_length)(conversation)
+    return _cached(tokenizer, max_length, fmt)(conversation)
 
 
-def tokenize_prompt(conversation: Conversation, tokenizer: PreTrainedTokenizerBase) -> TokenizedSample:
-    """The tokens of a generation prompt; see :meth:`ConversationTokenizer.prompt`."""
-    return _cached(tokenizer, DEFAULT_MAX_LENGTH).prompt(conversation)
+def tokenize_prompt(
+    conversation: Conversation, tokenizer: PreTrainedTokenizerBase, *, fmt: PromptFormat = FLAMINGO_FORMAT
+) -> TokenizedSample:
+    """The tokens of a generation prompt in ``fmt`` (the model's ``prompt_format``); see
+    :meth:`ConversationTokenizer.prompt`."""
+    return _cached(tokenizer, DEFAULT_MAX_LENGTH, fmt).prompt(conversation)
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:

@@ -24,8 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mmgpt.data.world.config import WorldConfig
-from mmgpt.data.world.write import generate_world
+from mmgpt.world.config import WorldConfig
+from mmgpt.world.write import generate_world
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ VARIANTS = (
 
 def run_variant(variant: Variant, *, demo, world: Path, out: Path) -> dict[str, Any]:
     from mmgpt.demo import tuning_config
-    from mmgpt.evaluate.runner import evaluate_world
     from mmgpt.load import load
     from mmgpt.train.trainer import Trainer
+    from mmgpt.world.evaluate import evaluate_world
 
     run_dir = out / variant.name.replace(" ", "-").replace("+", "plus-")
     if run_dir.exists():

@@ -1,100 +1,28 @@
-"""Builders: ModelConfig -> (Flamingo, tokenizer, image transform); special tokens; what trains.
+"""Builders: ModelConfig -> model kind -> (model, tokenizer); architecture options applied before training.
 
-Builders take keyword-only arguments; presets supply numbers; tests call the same builders with tiny numbers.
+``build_model`` reads ``cfg.fusion`` and calls that kind's builder (``BUILDERS``): a new model kind is one builder
+here, next to its module. Builders take keyword-only arguments; presets supply numbers; tests call the same
+builders with tiny numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Iterator
-from pathlib import Path
+import dataclasses
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mmgpt.config import ModelConfig, VisionConfig
+from mmgpt.config import DTYPES, ModelConfig
+from mmgpt.model.contract import VisionLanguageModel
+from mmgpt.model.encoders import build_vision_encoder
 from mmgpt.model.encoders.clip import VisionEncoder
 from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.language import build_language_model, resize_embeddings
 from mmgpt.model.resamplers.perceiver import PerceiverResampler
 from mmgpt.tokens import SpecialTokenIds, add_special_tokens
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def build_vision_encoder(cfg: VisionConfig, *, dtype: torch.dtype = torch.float32) -> VisionEncoder:
-    if cfg.path is not None:
-        source = hf_source(cfg.path, what="vision encoder", key="vision.path")
-        if not Path(source).is_dir():  # a hub id: fetch the directory first
-            from huggingface_hub import snapshot_download
-
-            source = snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt"])
-        return VisionEncoder.from_pretrained(source, dtype=dtype)
-    return VisionEncoder.from_numbers(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        width=cfg.width,
-        layers=cfg.layers,
-        heads=cfg.heads,
-        mlp_dim=cfg.mlp_dim,
-    ).to(dtype)
-
-
-def build_language_model(
-    cfg: ModelConfig, *, dtype: torch.dtype = torch.float32, device_map: str | dict | None = None
-) -> PreTrainedModel:
-    """The LM: ``lm.path`` (a local HF directory, or a hub id where a hub is reachable) or ``lm.hf_config`` numbers.
-
-    ``device_map`` (e.g. ``"cuda"``, ``"auto"``, ``{"": 0}``) is passed to ``from_pretrained`` so the weights go
-    straight to their device(s) instead of through a CPU copy.
-    """
-    lm_cfg = cfg.lm
-    if lm_cfg.path is not None:
-        source = hf_source(lm_cfg.path, what="language model", key="lm.path")
-        try:
-            config = AutoConfig.from_pretrained(source)
-        except ValueError as error:  # e.g. model_type 'mosaic_gpt': custom code, not a transformers class
-            raise ValueError(
-                f"{lm_cfg.path}: transformers has no native class for this language model ({error}); use a "
-                "checkpoint in a format transformers knows (e.g. model_type llama, mpt, gpt_neox)"
-            ) from None
-        return AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, device_map=device_map)
-    if lm_cfg.hf_config is None:
-        raise ValueError(
-            "the model config names no language model: set lm.path (a local HF directory) or "
-            "lm.hf_config (a dict with model_type and sizes, for a randomly initialised LM)"
-        )
-    hf = dict(lm_cfg.hf_config)
-    model_type = hf.pop("model_type", None)
-    if model_type is None:
-        raise ValueError(f"lm.hf_config needs a model_type (e.g. 'llama'); got keys {sorted(lm_cfg.hf_config)}")
-    config = AutoConfig.for_model(model_type, **hf)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def hf_source(path: str | Path, *, what: str, key: str) -> str:
-    """A local directory with a config.json, or a hub id (``org/name``) when no such local path exists."""
-    local = Path(path)
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{what} directory {local} has no config.json; set {key} to a HF model directory (config.json + "
-                "weights), e.g. a download of the model's hub repository"
-            )
-        return str(local)
-    if local.exists() or not _HUB_ID.match(str(path)):
-        raise FileNotFoundError(f"{what} {path} ({key}) is not a directory; set {key} to a local HF model directory")
-    return str(path)  # a hub id: transformers downloads it (needs network access)
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -102,29 +30,6 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     if source is None:
         raise ValueError("the model config names no tokenizer: set lm.tokenizer (or lm.path) to a local directory")
     return AutoTokenizer.from_pretrained(source)
-
-
-def resize_embeddings(lm: PreTrainedModel, vocab_size: int) -> None:
-    """Resize the LM's vocabulary to ``vocab_size`` (the tokenizer's length), as OpenFlamingo does.
-
-    Growing: new rows are the mean of the old ones (deterministic); for an untied LM the new output rows are never
-    trained and are in no checkpoint, so the mean row gives them an average logit and they are (almost) never chosen.
-    Shrinking: LMs whose table is padded beyond the tokenizer (MPT, RedPajama: 50432 rows for 50277 tokens) lose
-    rows no token id reaches; OpenFlamingo v2 checkpoints hold exactly ``len(tokenizer)`` rows.
-    """
-    old = lm.get_input_embeddings().weight.shape[0]
-    if vocab_size == old:
-        return
-    lm.resize_token_embeddings(vocab_size, mean_resizing=False)
-    if vocab_size < old:
-        return
-    with torch.no_grad():
-        tables = {id(lm.get_input_embeddings().weight): lm.get_input_embeddings().weight}
-        out = lm.get_output_embeddings()
-        if out is not None:
-            tables.setdefault(id(out.weight), out.weight)
-        for weight in tables.values():
-            weight[old:] = weight[:old].mean(dim=0, keepdim=True)
 
 
 def build_flamingo(
@@ -178,6 +83,59 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+@dataclasses.dataclass
+class Backbones:
+    """The pretrained (or from-numbers) parts every model kind starts from, on their devices."""
+
+    language_model: PreTrainedModel
+    vision_encoder: VisionEncoder
+    tokenizer: PreTrainedTokenizerBase
+
+
+def build_backbones(
+    cfg: ModelConfig,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None,
+    device: str | torch.device,
+    device_map: str | dict | None,
+    init_weights: bool,
+) -> Backbones:
+    """The LM and the vision encoder of ``cfg`` in its dtype: loaded straight onto ``device`` (or spread by
+    ``device_map``), the vision encoder beside the LM's input embeddings."""
+    dtype = DTYPES[cfg.dtype]
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+    lm_device_map = device_map if device_map is not None else (None if torch.device(device).type == "cpu" else device)
+    # Weights built from numbers are allocated on their device directly (no CPU copy first); pretrained ones are
+    # loaded there by from_pretrained.
+    on_device = torch.device(device) if device_map is None else contextlib.nullcontext()
+    with _no_init(not init_weights and cfg.lm.path is None), on_device:
+        lm = build_language_model(cfg.lm, dtype=dtype, device_map=lm_device_map)
+    lm.tie_weights()  # skipping init_weights also skips its tying of tied LMs (MPT's lm_head)
+    with _no_init(not init_weights and cfg.vision.path is None), on_device:
+        vision_encoder = build_vision_encoder(cfg.vision, dtype=dtype)
+    if device_map is None:
+        lm.to(device)
+    vision_encoder.to(_device_of(lm.get_input_embeddings()))
+    return Backbones(lm, vision_encoder, tokenizer)
+
+
+def build_flamingo_model(cfg: ModelConfig, backbones: Backbones, *, init_weights: bool) -> Flamingo:
+    """Flamingo from its backbones: OpenFlamingo's special tokens added to the tokenizer, embeddings resized."""
+    special = add_special_tokens(backbones.tokenizer)
+    return build_flamingo(
+        cfg=cfg,
+        vision_encoder=backbones.vision_encoder,
+        lang_encoder=backbones.language_model,
+        special=special,
+        vocab_size=len(backbones.tokenizer),
+        init_fusion=init_weights,
+    )
+
+
+Builder = Callable[..., VisionLanguageModel]
+BUILDERS: dict[str, Builder] = {"cross_attention": build_flamingo_model}
+
+
 def build_model(
     cfg: ModelConfig,
     *,
@@ -185,42 +143,49 @@ def build_model(
     device: str | torch.device = "cpu",
     device_map: str | dict | None = None,
     init_weights: bool = True,
-) -> tuple[Flamingo, PreTrainedTokenizerBase]:
-    """Build the model a config describes; returns (model, tokenizer with the special tokens added).
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
+    """Build the model a config describes; returns (model in eval mode, frozen; its tokenizer, with whatever
+    tokens the model kind adds).
 
     ``device``: where the model goes; a pretrained LM is loaded straight onto it. ``device_map``: instead, a
     transformers device map for the LM (``"auto"`` spreads it over the visible GPUs; needs accelerate); the
-    gated blocks follow their layers and the ViT and perceiver go to the device of the LM's input embeddings.
-    ``init_weights=False``: every weight not read from a pretrained directory is allocated but not initialised,
-    for a checkpoint that fills all of them (loading our own format, or an OpenFlamingo checkpoint into the
-    perceiver and blocks); random initialisation of billions of parameters would cost minutes for nothing.
+    parts outside the LM follow its layers or its input embeddings. ``init_weights=False``: every weight not read
+    from a pretrained directory is allocated but not initialised, for a checkpoint that fills all of them (our
+    own format, or a release's fusion weights); random initialisation of billions of parameters would cost minutes
+    for nothing.
     """
-    if cfg.fusion != "cross_attention":
-        raise ValueError(f"fusion={cfg.fusion!r} is not available; use 'cross_attention'")
-    dtype = DTYPES[cfg.dtype]
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
-    special = add_special_tokens(tokenizer)
-    lm_device_map = device_map if device_map is not None else (None if torch.device(device).type == "cpu" else device)
-    # Weights built from numbers are allocated on their device directly (no CPU copy first); pretrained ones are
-    # loaded there by from_pretrained.
-    on_device = torch.device(device) if device_map is None else contextlib.nullcontext()
-    with _no_init(not init_weights and cfg.lm.path is None), on_device:
-        lang_encoder = build_language_model(cfg, dtype=dtype, device_map=lm_device_map)
-    lang_encoder.tie_weights()  # skipping init_weights also skips its tying of tied LMs (MPT's lm_head)
-    with _no_init(not init_weights and cfg.vision.path is None), on_device:
-        vision_encoder = build_vision_encoder(cfg.vision, dtype=dtype)
-    if device_map is None:
-        lang_encoder.to(device)
-    vision_encoder.to(_device_of(lang_encoder.get_input_embeddings()))
-    model = build_flamingo(
-        cfg=cfg,
-        vision_encoder=vision_encoder,
-        lang_encoder=lang_encoder,
-        special=special,
-        vocab_size=len(tokenizer),
-        init_fusion=init_weights,
+    builder = BUILDERS.get(cfg.fusion)
+    if builder is None:
+        raise ValueError(f"fusion={cfg.fusion!r} has no builder; known: {', '.join(BUILDERS)}")
+    backbones = build_backbones(
+        cfg, tokenizer=tokenizer, device=device, device_map=device_map, init_weights=init_weights
     )
-    return model.eval(), tokenizer
+    model = builder(cfg, backbones, init_weights=init_weights)
+    model.requires_grad_(False)
+    return model.eval(), backbones.tokenizer
+
+
+def apply_architecture_options(
+    model: VisionLanguageModel,
+    *,
+    gate_init: float | None = None,
+    vision_positions: float | None = None,
+    perceiver_latents: int | None = None,
+    seed: int = 0,
+) -> None:
+    """Changes to a built model before it trains (``TrainConfig``'s options of the same names, each found by
+    pretraining the tiny base from scratch): open Flamingo's tanh gates, add a 2D sine-cosine table to the ViT's
+    position embeddings, grow the perceiver."""
+    flamingo_only = {"gate_init": gate_init, "perceiver_latents": perceiver_latents}
+    used = [name for name, value in flamingo_only.items() if value is not None]
+    if used and not isinstance(model, Flamingo):
+        raise ValueError(f"{', '.join(used)} change a Flamingo's gated blocks / perceiver; {model.kind} has none")
+    if gate_init is not None:
+        model.set_gates(gate_init)
+    if vision_positions is not None:
+        model.vision_encoder.add_position_table(vision_positions)
+    if perceiver_latents is not None:
+        model.grow_latents(perceiver_latents, seed=seed)
 
 
 @contextlib.contextmanager
@@ -237,15 +202,3 @@ def _no_init(enabled: bool) -> Iterator[None]:
 
 def freeze(model: nn.Module) -> None:
     model.requires_grad_(False)
-
-
-def openflamingo_trainable(model: Flamingo) -> list[nn.Parameter]:
-    """Unfreeze what OpenFlamingo pretraining trains: perceiver, gated blocks, input embeddings. Returns them."""
-    freeze(model)
-    params = [*model.perceiver.parameters()]
-    for block in model.gated_blocks().values():
-        params += list(block.parameters())
-    params.append(model.lang_encoder.get_input_embeddings().weight)
-    for p in params:
-        p.requires_grad_(True)
-    return params

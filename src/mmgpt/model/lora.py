@@ -1,21 +1,22 @@
-"""LoRA (peft) on the language model of a Flamingo: apply, count, save/load in peft's own format, merge.
+"""LoRA (peft) on a model's language model: apply, count, save/load in peft's own format, merge, switch.
 
-peft injects its layers into ``model.lang_encoder`` in place (``inject_adapter_in_model``): the LM stays the
-same HF module, only the targeted ``nn.Linear`` children become ``lora.Linear``, so the decoder layers - and
-the forward pre-hooks that run the gated blocks - are untouched, and ``Flamingo.forward`` works unchanged.
-Targets are one full-match regex over module names inside the LM
+peft injects its layers into ``model.language_model`` in place (``inject_adapter_in_model``): the LM stays the same
+HF module, only the targeted ``nn.Linear`` children become ``lora.Linear``, so the decoder layers - and whatever a
+model kind hangs on them (Flamingo's gated blocks and their hooks) - are untouched, and ``forward`` works
+unchanged. The targets are the groups the model declares (``VisionLanguageModel.lora_modules``: the LM's
+self-attention and MLP; Flamingo adds its gated blocks' attention and feed-forward), chosen by ``LoraConfig``, as
+one full-match regex over module names inside the LM
 (``model\\.layers\\.\\d+\\.(self_attn\\.q_proj|...|gated_cross_attn_layer\\.ff\\.1)``), so nothing else matches;
-the perceiver is outside the LM and never adapted.
+the vision encoder and resampler are outside the LM and never adapted.
 
 Adapter directories are peft's format (``adapter_config.json`` + ``adapter_model.safetensors``, keys
-``base_model.model.<module>.lora_A.weight``): ``PeftModel.from_pretrained(model.lang_encoder, path)`` loads them.
+``base_model.model.<module>.lora_A.weight``): ``PeftModel.from_pretrained(model.language_model, path)`` loads them.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,82 +26,69 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from mmgpt.config import LoraConfig
-from mmgpt.model.flamingo import Flamingo
-from mmgpt.model.fusion.gated_blocks import BLOCK_NAME
+from mmgpt.model.contract import (
+    CROSS_ATTENTION,
+    CROSS_ATTENTION_FF,
+    GROUPS,
+    LM_MLP,
+    SELF_ATTENTION,
+    VisionLanguageModel,
+)
 
 ADAPTER = "default"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # what PeftModel puts before the LM's own module names
-CROSS_ATTENTION_MODULES = (f"{BLOCK_NAME}.attn.to_q", f"{BLOCK_NAME}.attn.to_kv", f"{BLOCK_NAME}.attn.to_out")
-CROSS_ATTENTION_FF_MODULES = (f"{BLOCK_NAME}.ff.1", f"{BLOCK_NAME}.ff.3")
-
-
-@dataclass(frozen=True)
-class LmModules:
-    """Module names inside one decoder layer of an LM family."""
-
-    self_attention: tuple[str, ...]
-    mlp: tuple[str, ...]
-
-
-_LLAMA_LIKE = LmModules(
-    self_attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-    mlp=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-)
-LM_MODULES = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "olmo": _LLAMA_LIKE,
-    "phi3": LmModules(
-        self_attention=("self_attn.qkv_proj", "self_attn.o_proj"), mlp=("mlp.gate_up_proj", "mlp.down_proj")
-    ),
-    "gpt_neox": LmModules(
-        self_attention=("attention.query_key_value", "attention.dense"), mlp=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
-    ),
-    "mpt": LmModules(self_attention=("attn.Wqkv", "attn.out_proj"), mlp=("ffn.up_proj", "ffn.down_proj")),
+# The LoRA config's switch for each target group.
+_SWITCHES = {
+    SELF_ATTENTION: "self_attention",
+    CROSS_ATTENTION: "cross_attention",
+    CROSS_ATTENTION_FF: "cross_attention_ff",
+    LM_MLP: "lm_mlp",
 }
-GROUPS = ("self_attention", "cross_attention", "cross_attention_ff", "lm_mlp", "other")
 
 
-def lm_modules(model: Flamingo, cfg: LoraConfig | None = None) -> LmModules:
-    """The self-attention and MLP module names of the model's LM family (``cfg`` overrides win)."""
-    cfg = cfg or LoraConfig()
-    model_type = model.lang_encoder.config.model_type
-    known = LM_MODULES.get(model_type)
-    self_attention = cfg.self_attention_modules or (known.self_attention if known else None)
-    mlp = cfg.mlp_modules or (known.mlp if known else None)
-    if self_attention is None or mlp is None:
-        raise ValueError(
-            f"don't know the attention/MLP module names of model_type={model_type!r}; set lora.self_attention_modules "
-            "and lora.mlp_modules to names inside one decoder layer (e.g. ['self_attn.q_proj', 'self_attn.v_proj'])"
-        )
-    return LmModules(self_attention=tuple(self_attention), mlp=tuple(mlp))
+def target_modules(model: VisionLanguageModel, cfg: LoraConfig) -> dict[str, tuple[str, ...]]:
+    """The groups ``cfg`` switches on that the model has -> module names inside one decoder layer.
+
+    ``cfg.self_attention_modules`` / ``mlp_modules`` replace the LM family's names (or name them for a family the
+    project does not know). A group switched on that the model lacks (cross-attention on a prefix model) is left
+    out; a group without module names is an error that says which setting names them."""
+    declared = dict(model.lora_modules())
+    if cfg.self_attention_modules:
+        declared[SELF_ATTENTION] = tuple(cfg.self_attention_modules)
+    if cfg.mlp_modules:
+        declared[LM_MLP] = tuple(cfg.mlp_modules)
+    chosen: dict[str, tuple[str, ...]] = {}
+    for group, switch in _SWITCHES.items():
+        if not getattr(cfg, switch):
+            continue
+        if group in declared:
+            chosen[group] = declared[group]
+        elif group in (SELF_ATTENTION, LM_MLP):
+            model_type = model.language_model.config.model_type
+            raise ValueError(
+                f"don't know the attention/MLP module names of model_type={model_type!r}; set "
+                "lora.self_attention_modules and lora.mlp_modules to names inside one decoder layer (e.g. "
+                "['self_attn.q_proj', 'self_attn.v_proj'])"
+            )
+    return chosen
 
 
-def target_pattern(model: Flamingo, cfg: LoraConfig) -> str:
+def target_pattern(model: VisionLanguageModel, cfg: LoraConfig) -> str:
     """The full-match regex over module names inside the LM that selects exactly the configured targets."""
-    names = lm_modules(model, cfg)
-    chosen = [
-        *(names.self_attention if cfg.self_attention else ()),
-        *(CROSS_ATTENTION_MODULES if cfg.cross_attention else ()),
-        *(CROSS_ATTENTION_FF_MODULES if cfg.cross_attention_ff else ()),
-        *(names.mlp if cfg.lm_mlp else ()),
-    ]
+    chosen = [name for names in target_modules(model, cfg).values() for name in names]
     if not chosen:
+        switches = ", ".join(_SWITCHES.values())
         raise ValueError(
-            "the LoRA config selects no target: enable at least one of self_attention, "
-            "cross_attention, cross_attention_ff, lm_mlp"
+            f"the LoRA config selects no target of this {model.kind} model: enable at least one of {switches} "
+            f"that it has ({', '.join(_SWITCHES[g] for g in model.lora_modules() if g in _SWITCHES)})"
         )
     alternatives = "|".join(re.escape(name) for name in chosen)
     return rf"{re.escape(model.decoder_layers_path)}\.\d+\.({alternatives})"
 
 
-def peft_config(model: Flamingo, cfg: LoraConfig) -> PeftLoraConfig:
+def peft_config(model: VisionLanguageModel, cfg: LoraConfig) -> PeftLoraConfig:
     return PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -110,64 +98,48 @@ def peft_config(model: Flamingo, cfg: LoraConfig) -> PeftLoraConfig:
     )
 
 
-def has_lora(model: Flamingo) -> bool:
-    return any(isinstance(m, LoraLayer) for m in model.lang_encoder.modules())
+def has_lora(model: VisionLanguageModel) -> bool:
+    return any(isinstance(m, LoraLayer) for m in model.language_model.modules())
 
 
-def apply_lora(model: Flamingo, cfg: LoraConfig | None = None) -> Flamingo:
+def apply_lora(model: VisionLanguageModel, cfg: LoraConfig | None = None) -> VisionLanguageModel:
     """Inject fresh LoRA adapters (B = 0, so the outputs are unchanged) into the LM; only they train afterwards."""
     return _inject(model, peft_config(model, cfg or LoraConfig()))
 
 
-def _inject(model: Flamingo, config: PeftLoraConfig) -> Flamingo:
+def _inject(model: VisionLanguageModel, config: PeftLoraConfig) -> VisionLanguageModel:
     if has_lora(model):
         raise ValueError("the model already has LoRA adapters; merge them (merge_lora) or build a fresh model first")
-    inject_adapter_in_model(config, model.lang_encoder, adapter_name=ADAPTER)
+    inject_adapter_in_model(config, model.language_model, adapter_name=ADAPTER)
     model.requires_grad_(False)
     for p in lora_parameters(model):
         p.requires_grad_(True)
     return model
 
 
-def lora_parameters(model: Flamingo) -> list[torch.nn.Parameter]:
+def lora_parameters(model: VisionLanguageModel) -> list[torch.nn.Parameter]:
     return [p for name, p in model.named_parameters() if ".lora_" in name]
 
 
-def parameter_group(model: Flamingo, name: str) -> str:
-    """Which of GROUPS the parameter ``name`` (a key of ``model.named_parameters()``) belongs to."""
-    prefix = f"lang_encoder.{model.decoder_layers_path}."
-    if not name.startswith(prefix):
-        return "other"
-    inside = name[len(prefix) :].split(".", 1)[1]  # drop the layer index
-    if inside.startswith(f"{BLOCK_NAME}.attn") or inside == f"{BLOCK_NAME}.attn_gate":
-        return "cross_attention"
-    if inside.startswith(f"{BLOCK_NAME}.ff"):
-        return "cross_attention_ff"
-    names = lm_modules(model) if model.lang_encoder.config.model_type in LM_MODULES else None
-    if names is not None and any(inside.startswith(m + ".") for m in names.self_attention):
-        return "self_attention"
-    if names is not None and any(inside.startswith(m + ".") for m in names.mlp):
-        return "lm_mlp"
-    return "other"
-
-
-def trainable_parameter_table(model: Flamingo) -> dict[str, int]:
-    """Trainable parameter counts by group (GROUPS) plus "total"."""
-    table = dict.fromkeys(GROUPS, 0)
-    for name, p in model.named_parameters():
+def trainable_parameter_table(model: VisionLanguageModel) -> dict[str, int]:
+    """Trainable parameter counts of each group the model has (in GROUPS order) plus "total"."""
+    groups = [(model.parameter_group(name), p) for name, p in model.named_parameters()]
+    present = {group for group, _ in groups}
+    table = {group: 0 for group in GROUPS if group in present}
+    for group, p in groups:
         if p.requires_grad:
-            table[parameter_group(model, name)] += p.numel()
+            table[group] += p.numel()
     table["total"] = sum(table.values())
     return table
 
 
-def save_adapter(model: Flamingo, path: str | Path) -> Path:
+def save_adapter(model: VisionLanguageModel, path: str | Path) -> Path:
     """Write the LoRA adapter in peft's format: adapter_config.json + adapter_model.safetensors."""
     if not has_lora(model):
         raise ValueError("the model has no LoRA adapter to save; apply_lora or load_adapter first")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lm = model.lang_encoder
+    lm = model.language_model
     lm.peft_config[ADAPTER].save_pretrained(str(path))
     state = get_peft_model_state_dict(lm, adapter_name=ADAPTER)
     state = {PEFT_PREFIX + k: v.detach().contiguous() for k, v in state.items()}
@@ -190,7 +162,7 @@ def read_adapter(path: str | Path) -> tuple[PeftLoraConfig, dict[str, torch.Tens
     return config, state
 
 
-def load_adapter(model: Flamingo, path: str | Path) -> Flamingo:
+def load_adapter(model: VisionLanguageModel, path: str | Path) -> VisionLanguageModel:
     """Inject the adapter of a peft adapter directory into the LM and load its weights (strict, shape-checked)."""
     config, state = read_adapter(path)
     _inject(model, config)
@@ -199,11 +171,11 @@ def load_adapter(model: Flamingo, path: str | Path) -> Flamingo:
 
 
 def set_lora_state(
-    model: Flamingo, state: dict[str, torch.Tensor], *, source: str, adapter_name: str = ADAPTER
+    model: VisionLanguageModel, state: dict[str, torch.Tensor], *, source: str, adapter_name: str = ADAPTER
 ) -> None:
     """Load LoRA weights keyed like peft's saved state (``model.layers.0.self_attn.q_proj.lora_A.weight``, inside
     the LM, no adapter name) into the injected adapter; missing or unexpected keys and wrong shapes are errors."""
-    lm = model.lang_encoder
+    lm = model.language_model
     expected = {k: v.shape for k, v in get_peft_model_state_dict(lm, adapter_name=adapter_name).items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -222,9 +194,9 @@ def set_lora_state(
     assert not result.unexpected_keys, result.unexpected_keys
 
 
-def merge_lora(model: Flamingo) -> Flamingo:
-    """Fold the adapters into the base weights (W += B A * alpha/r) and remove them: a plain, frozen Flamingo."""
-    lm = model.lang_encoder
+def merge_lora(model: VisionLanguageModel) -> VisionLanguageModel:
+    """Fold the adapters into the base weights (W += B A * alpha/r) and remove them: a plain, frozen model."""
+    lm = model.language_model
     layers = [(name, m) for name, m in lm.named_modules() if isinstance(m, LoraLayer)]
     if not layers:
         raise ValueError("the model has no LoRA adapters to merge")
@@ -245,7 +217,7 @@ def merge_lora(model: Flamingo) -> Flamingo:
 # run under one lock (mmgpt.chat.ChatModel does).
 
 
-def load_named_adapter(model: Flamingo, path: str | Path, name: str) -> Flamingo:
+def load_named_adapter(model: VisionLanguageModel, path: str | Path, name: str) -> VisionLanguageModel:
     """Add the adapter of a peft adapter directory under ``name`` beside any already loaded, and leave the model's
     active adapter as it was. ``name`` must be new and must not be ``"default"`` (the model's own adapter)."""
     if name == ADAPTER or not name or name in adapter_names(model):
@@ -257,30 +229,30 @@ def load_named_adapter(model: Flamingo, path: str | Path, name: str) -> Flamingo
     active = active_adapter(model)
     with warnings.catch_warnings():  # peft warns that a second adapter joins the first: that is the point here
         warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
-        inject_adapter_in_model(config, model.lang_encoder, adapter_name=name)
+        inject_adapter_in_model(config, model.language_model, adapter_name=name)
     set_lora_state(model, state, source=str(Path(path) / ADAPTER_WEIGHTS_FILE), adapter_name=name)
     model.requires_grad_(False)
     select_adapter(model, active)
     return model
 
 
-def lora_layers(model: Flamingo) -> list[LoraLayer]:
-    return [m for m in model.lang_encoder.modules() if isinstance(m, LoraLayer)]
+def lora_layers(model: VisionLanguageModel) -> list[LoraLayer]:
+    return [m for m in model.language_model.modules() if isinstance(m, LoraLayer)]
 
 
-def adapter_names(model: Flamingo) -> list[str]:
+def adapter_names(model: VisionLanguageModel) -> list[str]:
     """Every adapter loaded into the model's LoRA layers, sorted (``"default"`` is the model's own, if any)."""
     return sorted({name for layer in lora_layers(model) for name in layer.lora_A})
 
 
-def active_adapter(model: Flamingo) -> str | None:
+def active_adapter(model: VisionLanguageModel) -> str | None:
     """The named adapter the LoRA layers apply now; None when they apply the model's own (or none)."""
     active = {tuple(layer.active_adapters) for layer in lora_layers(model)}
     names = {name for names in active for name in names}
     return next(iter(names)) if len(names) == 1 and ADAPTER not in names else None
 
 
-def select_adapter(model: Flamingo, name: str | None, layers: list[LoraLayer] | None = None) -> None:
+def select_adapter(model: VisionLanguageModel, name: str | None, layers: list[LoraLayer] | None = None) -> None:
     """Make ``name`` the one adapter the LoRA layers apply; None selects the model's own ``"default"`` adapter
     when it has one (a MultiModal-GPT LoRA loaded unmerged), else the bare base. ``layers``: the model's
     :func:`lora_layers`, when the caller switches often and keeps the list."""

@@ -14,16 +14,17 @@ from transformers import PreTrainedTokenizerBase
 
 from mmgpt.chat import ChatModel
 from mmgpt.data.images import DEFAULT_MAX_PIXELS
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.model.lora import load_named_adapter
 
 TINY_RANDOM = "tiny-random"
 
 
-def load_model(spec: str, *, device: str = "cpu", dtype: str | None = None) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+def load_model(
+    spec: str, *, device: str = "cpu", dtype: str | None = None
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     if spec == TINY_RANDOM:
-        from mmgpt.load import dtype_name
-        from mmgpt.model.build import DTYPES
+        from mmgpt.config import DTYPES, dtype_name
         from mmgpt.tiny_random import tiny_random_model
 
         model, tokenizer = tiny_random_model(0)

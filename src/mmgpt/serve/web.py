@@ -31,8 +31,8 @@ EXAMPLE_SCENE = "web-example:3"  # a scene of the generated world: three shapes 
 def example_images(folder: Path) -> list[str]:
     """Example pictures written once per server: a scene of the embedded default's world (docs/world.md), which
     the tuned tiny-world model can answer about."""
-    from mmgpt.data.world.render import save_scene
-    from mmgpt.data.world.scene import sample_scene
+    from mmgpt.world.render import save_scene
+    from mmgpt.world.scene import sample_scene
 
     path = save_scene(sample_scene(EXAMPLE_SCENE, id="example"), folder / "shapes.png")
     return [str(path)]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.model.lora import ADAPTER_WEIGHTS_FILE, read_adapter, save_adapter, set_lora_state
 
 CHECKPOINTS = "checkpoints"
@@ -68,18 +68,18 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trained_state(model: Flamingo) -> dict[str, torch.Tensor]:
+def trained_state(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def write_weights(model: Flamingo, folder: Path, *, lora: bool) -> None:
+def write_weights(model: VisionLanguageModel, folder: Path, *, lora: bool) -> None:
     if lora:
         save_adapter(model, folder / ADAPTER_DIR)
     else:
         save_file(trained_state(model), str(folder / TRAINABLE_FILE), metadata={"format": "mmgpt-trainable"})
 
 
-def read_weights(model: Flamingo, folder: Path, *, lora: bool) -> None:
+def read_weights(model: VisionLanguageModel, folder: Path, *, lora: bool) -> None:
     """Load a checkpoint's trained weights into ``model`` (whose trainable set is already in place)."""
     if lora:
         _, state = read_adapter(folder / ADAPTER_DIR)
@@ -113,7 +113,9 @@ class TrainerState:
         return dict(self.__dict__)
 
 
-def save_checkpoint(run_dir: str | Path, model: Flamingo, state: TrainerState, *, lora: bool, keep_last: int) -> Path:
+def save_checkpoint(
+    run_dir: str | Path, model: VisionLanguageModel, state: TrainerState, *, lora: bool, keep_last: int
+) -> Path:
     """Write checkpoint ``state.step`` atomically and prune all but the newest ``keep_last``."""
     final = step_dir(run_dir, state.step)
     tmp = final.with_name(".tmp-" + final.name)

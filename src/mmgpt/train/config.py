@@ -15,19 +15,24 @@ from typing import Any, Literal
 
 import yaml
 
-from mmgpt.config import ConfigError, LoraConfig, closest, from_dict
+from mmgpt.config import ConfigError, LoraConfig, Precision, closest, from_dict
 from mmgpt.data.config import DataConfig, load_data_config
+from mmgpt.model.contract import CROSS_ATTENTION, CROSS_ATTENTION_FF, GROUPS
 
-Trainable = Literal["lora", "openflamingo", "full", "all"]
-Precision = Literal["fp32", "bf16", "fp16"]
+# The reference trains weight decay only into the gated cross-attention blocks (under LoRA: their adapters).
+REFERENCE_DECAY_GROUPS = [CROSS_ATTENTION, CROSS_ATTENTION_FF]
 
 
 @dataclass
 class OptimizerConfig:
-    """AdamW with a warmup-then-decay schedule. The defaults are MultiModal-GPT's (reference.md section 4).
+    """AdamW with a warmup-then-decay schedule. The defaults are MultiModal-GPT's: its paper (reference.md
+    section 4) and its reference training code, which decays only parameters of the gated cross-attention blocks
+    (``weight_decay_groups``; under LoRA their adapters, not the LM's self-attention adapters) and warms up with
+    transformers' cosine-with-warmup (the lr of the first step is 0).
 
-    Weight decay applies to matrices (LoRA A/B, linear weights); never to biases, norm scales, the tanh gates,
-    the perceiver's latents or the token embeddings (decaying those pulls learned vectors to zero for no gain).
+    Weight decay applies to the matrices (LoRA A/B, linear weights) of ``weight_decay_groups`` (None: of every
+    group); never to biases, norm scales, the tanh gates, the perceiver's latents or the token embeddings
+    (decaying those pulls learned vectors to zero for no gain).
     """
 
     lr: float = 1e-5
@@ -38,6 +43,7 @@ class OptimizerConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # the schedule decays to lr * min_lr_ratio
     max_grad_norm: float | None = 1.0  # clipped once per optimiser step, after accumulation
+    weight_decay_groups: list[str] | None = field(default_factory=lambda: list(REFERENCE_DECAY_GROUPS))
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -46,6 +52,9 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.betas must be two numbers, got {list(self.betas)}")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("optimizer.warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        unknown = sorted(set(self.weight_decay_groups or ()) - set(GROUPS))
+        if unknown:
+            raise ConfigError(f"optimizer.weight_decay_groups: unknown group(s) {unknown}; groups: {', '.join(GROUPS)}")
 
 
 @dataclass
@@ -86,9 +95,10 @@ class TrainConfig:
     With ``init: random`` the preset / YAML is built with random weights (pretraining from scratch) and
     ``model_options.tokenizer`` names the tokenizer folder.
 
-    ``trainable``: "lora" (MultiModal-GPT: the base frozen, LoRA on ``lora``'s targets), "openflamingo" (what
-    OpenFlamingo pretraining trains: perceiver, gated blocks, input embeddings), "full" (everything but the
-    vision encoder) or "all" (the vision encoder too: pretraining a tiny model from scratch).
+    ``trainable``: "lora" (MultiModal-GPT: the base frozen, LoRA on ``lora``'s targets), "full" (everything but
+    the vision encoder), "all" (the vision encoder too: pretraining a tiny model from scratch), or a preset of the
+    model kind ("openflamingo": what OpenFlamingo pretraining trains - perceiver, gated blocks, input embeddings).
+    ``train_groups``: parameter groups trained in full besides (e.g. ``[resampler]`` next to LoRA).
 
     Steps are optimiser steps; each takes ``gradient_accumulation`` micro-steps of one vision-language batch
     and (per ``data.language_ratio``) one language-only batch.
@@ -111,7 +121,8 @@ class TrainConfig:
     # drawn from ``seed``): for a base whose latents cannot hold every object of a busy image (`mmgpt world probe`
     # reads what they hold). None: leave them. A resumed run grows the base the same way, then loads its weights.
     perceiver_latents: int | None = None
-    trainable: Trainable = "lora"
+    trainable: str = "lora"
+    train_groups: list[str] = field(default_factory=list)
     lora: LoraConfig = field(default_factory=LoraConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     max_steps: int | None = None  # default: ``epochs`` passes over the vision-language data
@@ -133,6 +144,9 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be >= 1 or null (from epochs), got {self.max_steps}")
         if self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        unknown = sorted(set(self.train_groups) - set(GROUPS))
+        if unknown:
+            raise ConfigError(f"train_groups: unknown group(s) {unknown}; groups: {', '.join(GROUPS)}")
         if self.perceiver_latents is not None and self.trainable == "lora":
             raise ConfigError(
                 f"perceiver_latents={self.perceiver_latents} adds latents that a LoRA run neither trains nor saves; "

@@ -13,7 +13,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.config import ConfigError
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.train.checkpoint import latest_checkpoint, list_checkpoints
 from mmgpt.train.config import TrainConfig
 from mmgpt.train.distributed import init_distributed, shutdown
@@ -22,7 +22,7 @@ from mmgpt.train.trainer import Evaluator, Trainer, TrainResult
 
 def load_base_model(
     spec: str, options: Mapping[str, Any] | None = None, *, init: str = "pretrained"
-) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     """The model a run starts from (see ``TrainConfig.model`` / ``init``)."""
     options = dict(options or {})
     if init == "random":
@@ -39,6 +39,33 @@ def load_base_model(
     from mmgpt.load import load
 
     return load(spec, **options)
+
+
+def load_run_model(cfg: TrainConfig) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
+    """The model a run trains: its base (``model``, ``model_options``, ``init``) with the config's architecture
+    options applied (``gate_init``, ``vision_positions``, ``perceiver_latents``) - before any weight of the run is
+    loaded, so a resumed run grows and changes the base the same way, then loads its weights."""
+    from mmgpt.model.build import apply_architecture_options
+
+    model, tokenizer = load_base_model(cfg.model, cfg.model_options, init=cfg.init)
+    apply_architecture_options(
+        model,
+        gate_init=cfg.gate_init,
+        vision_positions=cfg.vision_positions,
+        perceiver_latents=cfg.perceiver_latents,
+        seed=cfg.seed,
+    )
+    return model, tokenizer
+
+
+def run_evaluators(cfg: TrainConfig, evaluators: dict[str, Evaluator] | None) -> dict[str, Evaluator]:
+    """The caller's evaluators, plus the generated world's when ``validation.world`` names one."""
+    evaluators = dict(evaluators or {})
+    if cfg.validation.world is not None:
+        from mmgpt.world.evaluate import world_evaluator
+
+        evaluators.setdefault("world", world_evaluator(cfg.validation.world, cfg.validation.world_scenes))
+    return evaluators
 
 
 def prepare_resume(cfg: TrainConfig, resume: bool | str | None) -> Path | None:
@@ -70,8 +97,8 @@ def train(
     checkpoint = prepare_resume(cfg, resume)
     ctx = init_distributed(env or {}, device=cfg.device)
     try:
-        model, tokenizer = load_base_model(cfg.model, cfg.model_options, init=cfg.init)
-        trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=evaluators)
+        model, tokenizer = load_run_model(cfg)
+        trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=run_evaluators(cfg, evaluators))
         if checkpoint is not None:
             trainer.resume(checkpoint)
         return trainer.fit(progress_stream=progress_stream)

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mmgpt.config import AUTOCAST
 from mmgpt.data.collate import Batch
+from mmgpt.data.config import DataConfig
 from mmgpt.data.loader import PairedBatch, PairedBatches, build_training_batches
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.train.checkpoint import (
     TrainerState,
     capture_rng,
@@ -47,8 +49,7 @@ from mmgpt.train.optimizer import build_optimizer, make_trainable
 from mmgpt.train.progress import Progress
 from mmgpt.train.schedule import build_scheduler
 
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-Evaluator = Callable[[Flamingo, PreTrainedTokenizerBase], dict[str, float]]
+Evaluator = Callable[[VisionLanguageModel, PreTrainedTokenizerBase], dict[str, float]]
 
 
 class TrainingError(RuntimeError):
@@ -61,23 +62,6 @@ class TrainResult:
     output: Path  # the final adapter (lora) or model directory
     metrics: dict[str, float] = field(default_factory=dict)
     trainable: dict[str, int] = field(default_factory=dict)
-
-
-def world_evaluator(world: str, scenes: int) -> Evaluator:
-    """The generated world's generation metrics as flat figures: colour, shape, count, position, word, reasoning
-    accuracy; language accuracy; description precision/recall; mean detailed-description words."""
-    from mmgpt.evaluate.runner import evaluate_world
-
-    def evaluate(model: Flamingo, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
-        r = evaluate_world(model, tokenizer, world, limit=scenes)
-        figures = {kind: float(v) for kind, v in r["accuracy"].items() if v is not None}
-        figures["language"] = float(r["language"]["accuracy"])
-        figures.update({k: float(v) for k, v in r["description"].items() if isinstance(v, (int, float))})
-        if "detail" in r["response_length"]:
-            figures["detail_words"] = float(r["response_length"]["detail"])
-        return figures
-
-    return evaluate
 
 
 def total_steps(cfg: TrainConfig, batches: PairedBatches) -> int:
@@ -106,16 +90,18 @@ def _describe(paired: list[PairedBatch]) -> str:
 
 
 class Trainer:
-    """Build with a model (already on its device) and its tokenizer; :meth:`fit` runs to ``total_steps``.
+    """Build with a model of the contract and its tokenizer; :meth:`fit` runs to ``total_steps``.
 
-    ``evaluators`` (e.g. the generated world's accuracy) run with each validation on the main rank; their
-    figures join the validation record and may be the ``validation.metric`` that picks the best checkpoint.
+    The model arrives as it should train (architecture options are applied where it is built: ``run.py``).
+    ``evaluators`` (e.g. the generated world's accuracy, which ``run.py`` makes from ``validation.world``) run with
+    each validation on the main rank; their figures join the validation record and may be the
+    ``validation.metric`` that picks the best checkpoint.
     """
 
     def __init__(
         self,
         cfg: TrainConfig,
-        model: Flamingo,
+        model: VisionLanguageModel,
         tokenizer: PreTrainedTokenizerBase,
         *,
         ctx: DistributedContext | None = None,
@@ -126,33 +112,20 @@ class Trainer:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.ctx = ctx or DistributedContext(device=model.device)
         self.evaluators = dict(evaluators or {})
-        if cfg.validation.world is not None:
-            self.evaluators.setdefault("world", world_evaluator(cfg.validation.world, cfg.validation.world_scenes))
         self.run_dir = Path(cfg.run_dir)
         torch.manual_seed(cfg.seed)  # the same fresh LoRA weights on every rank and in every attempt
-        if cfg.gate_init is not None:
-            with torch.no_grad():
-                for block in model.gated_blocks().values():
-                    block.attn_gate.fill_(cfg.gate_init)
-                    block.ff_gate.fill_(cfg.gate_init)
-        if cfg.vision_positions is not None:
-            model.vision_encoder.add_position_table(cfg.vision_positions)
-        if cfg.perceiver_latents is not None:
-            model.grow_latents(cfg.perceiver_latents, seed=cfg.seed)
-        self.trainable = make_trainable(model, cfg.trainable, cfg.lora)
+        self.trainable = make_trainable(model, cfg.trainable, cfg.lora, also=tuple(cfg.train_groups))
         model.to(self.ctx.device)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing = True
-            lm = model.lang_encoder  # transformers 5.x renamed gradient_checkpointing_enable
+            model.gradient_checkpointing = True  # what a model runs outside its LM (Flamingo's gated blocks)
+            lm = model.language_model  # transformers 5.x renamed gradient_checkpointing_enable
             if hasattr(lm, "activation_checkpointing_enable"):
                 lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
         self.wrapped = wrap_model(model, self.ctx)
-        self.batches = batches or build_training_batches(
-            cfg.data, tokenizer, rank=self.ctx.rank, world_size=self.ctx.world_size
-        )
+        self.batches = batches or self._batches(cfg.data)
         self.total = total_steps(cfg, self.batches)
         self.optimizer = build_optimizer(model, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, total_steps=self.total, cfg=cfg.optimizer)
@@ -160,6 +133,19 @@ class Trainer:
         self.step, self.best = 0, None
         self._validation: tuple[PairedBatches, dict[str, Any]] | None = None
         self.last_good: Path | None = None
+
+    def _batches(self, data: DataConfig) -> PairedBatches:
+        """The batches of ``data`` for this rank, prepared for this model: its prompt format, image transform
+        and padding id."""
+        return build_training_batches(
+            data,
+            self.tokenizer,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            image_transform=self.model.image_transform(max_pixels=data.max_image_pixels),
+            fmt=self.model.prompt_format,
+            pad_id=self.model.special.pad,
+        )
 
     # ---------------------------------------------------------------- state
     def resume(self, checkpoint: str | Path | None = None) -> int:
@@ -283,9 +269,7 @@ class Trainer:
         results: dict[str, float] = {}
         if vcfg.data is not None:
             if self._validation is None:  # read the held-out files once; each validation rewinds to the start
-                batches = build_training_batches(
-                    vcfg.data, self.tokenizer, rank=self.ctx.rank, world_size=self.ctx.world_size
-                )
+                batches = self._batches(vcfg.data)
                 self._validation = (batches, batches.state_dict())
             batches, start = self._validation
             batches.load_state_dict(start)

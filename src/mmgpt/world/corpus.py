@@ -42,8 +42,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.templates import CAPTION_INSTRUCTIONS, DESCRIPTION_INSTRUCTIONS, HEADER, REASON_QUESTIONS, render_text
-from mmgpt.data.world.config import VOCAB_SIZE
-from mmgpt.data.world.describe import (
+from mmgpt.tokens import END_OF_CHUNK, IMAGE, add_special_tokens, train_tokenizer
+from mmgpt.world.config import VOCAB_SIZE
+from mmgpt.world.describe import (
     NUMBER_WORDS,
     POSITION_PHRASES,
     captions,
@@ -54,11 +55,10 @@ from mmgpt.data.world.describe import (
     tally_caption,
     where_caption,
 )
-from mmgpt.data.world.language import LanguageTask, language_tasks
-from mmgpt.data.world.questions import questions
-from mmgpt.data.world.scene import COLOURS, SHAPES, SIZES, WORDS, Scene, sample_scenes
-from mmgpt.data.world.tasks import DETAIL_INSTRUCTIONS, OCR_QUESTIONS, scene_tasks, task_conversations
-from mmgpt.tokens import END_OF_CHUNK, IMAGE, add_special_tokens, train_tokenizer
+from mmgpt.world.language import LanguageTask, language_tasks
+from mmgpt.world.questions import questions
+from mmgpt.world.scene import COLOURS, SHAPES, SIZES, WORDS, Scene, sample_scenes
+from mmgpt.world.tasks import DETAIL_INSTRUCTIONS, OCR_QUESTIONS, scene_tasks, task_conversations
 
 TOKENIZER_SEED = 20230508  # the paper's arXiv date; any fixed number would do
 TOKENIZER_SCENES = 400

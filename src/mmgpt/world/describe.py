@@ -1,7 +1,7 @@
 """The world's English: noun phrases, referring expressions, numbers, captions and long descriptions of a scene.
 
 Every text about a scene is built here, from the ground truth only, so the training targets and the metrics
-(``mmgpt.evaluate.world``) agree on the words: colours, shape names (singular and ``+s`` plural), sizes, the
+(``mmgpt.world.metrics``) agree on the words: colours, shape names (singular and ``+s`` plural), sizes, the
 nine position names, number words ``one``..``nine`` and the scene's word.
 """
 
@@ -11,7 +11,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
-from mmgpt.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape
+from mmgpt.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

@@ -1,4 +1,4 @@
-"""Running a model on a world's evaluation set: batched greedy generation with the training template, then scoring.
+"""Running a model on a world's evaluation set: batched greedy generation in the model's prompt style, then scoring.
 
 ``prompt_format="qa"`` asks in the pretraining corpus's plain ``Question: ... Answer:`` text instead (the way
 OpenFlamingo is evaluated zero-shot): what a pretrained base knows, apart from whether it follows the template.
@@ -17,24 +17,21 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mmgpt.data.images import ImageTransform
-from mmgpt.data.templates import extract_response
+from mmgpt.data.styles import get_style
 from mmgpt.data.tokenize import ConversationTokenizer, tokenize_prompt
-from mmgpt.data.world.corpus import PLAIN_QA, question_text
-from mmgpt.data.world.language import LanguageTask
-from mmgpt.data.world.render import render_scene
-from mmgpt.data.world.scene import Scene
-from mmgpt.data.world.write import HeldOut, load_heldout
-from mmgpt.evaluate.items import EvalItem, language_items, scene_items
-from mmgpt.evaluate.world import answer_correct, language_correct, summarise
-from mmgpt.generate import GenerationConfig, generate
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.evaluate.generation import DEFAULT_BATCH_SIZE, AnswerRequest, generate_answers
+from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.tokens import END_OF_CHUNK, IMAGE
+from mmgpt.world.corpus import PLAIN_QA, question_text
+from mmgpt.world.items import EvalItem, language_items, scene_items
+from mmgpt.world.language import LanguageTask
+from mmgpt.world.metrics import answer_correct, language_correct, summarise
+from mmgpt.world.render import render_scene
+from mmgpt.world.scene import Scene
+from mmgpt.world.write import HeldOut, load_heldout
 
-STOP_STRINGS = ("\n###",)  # a model that runs on starts a new template section
 QA_STOP_STRINGS = (PLAIN_QA.next_question, END_OF_CHUNK)  # the next question, or the end of the image's text
 PROMPT_FORMATS = ("template", "qa")
-DEFAULT_BATCH_SIZE = 32
 
 
 def qa_prompt(item: EvalItem) -> str:
@@ -72,7 +69,7 @@ def score(item: EvalItem, response: str) -> bool | None:
 
 
 def generate_responses(
-    model: Flamingo,
+    model: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[EvalItem],
     *,
@@ -81,12 +78,12 @@ def generate_responses(
     prompt_format: str = "template",
     on_progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy responses to ``items``, in order. Batches hold items of one token budget and similar prompt length,
-    so little time goes to padding and to rows that finished long ago. ``max_new_tokens`` caps every budget;
-    ``prompt_format``: ``template`` (the instruction template) or ``qa`` (module docstring)."""
+    """Greedy responses to ``items``, in order (:func:`~mmgpt.evaluate.generation.generate_answers`).
+    ``max_new_tokens`` caps every budget; ``prompt_format``: ``template`` (the model's prompt style) or ``qa``
+    (the module docstring)."""
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"prompt_format={prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
-    transform = ImageTransform(size=model.vision_encoder.image_size)
+    transform = model.image_transform()
     pixels: dict[int, torch.Tensor] = {}  # several items share a scene's image: transform it once
 
     def image_tensor(item: EvalItem) -> torch.Tensor | None:
@@ -98,34 +95,37 @@ def generate_responses(
             pixels[key] = torch.stack([transform(image) for image in images])
         return pixels[key]
 
+    fmt = model.prompt_format
     if prompt_format == "qa":
-        encoder = ConversationTokenizer(tokenizer)
-        prompts = [encoder.prefix + ids for ids in encoder.encode([qa_prompt(item) for item in items])]
+        encoder = ConversationTokenizer(tokenizer, fmt=fmt)
+        image_ids = encoder.image_tokens
+        prompts = []
+        for item in items:
+            head, *rest = qa_prompt(item).split(IMAGE)  # each image marker becomes the model's image ids
+            ids = list(encoder.prefix) + (encoder.encode([head])[0] if head else [])
+            for piece in rest:
+                ids += image_ids + (encoder.encode([piece])[0] if piece else [])
+            prompts.append(ids)
         stops, answer_of = QA_STOP_STRINGS, _qa_answer
     else:
-        prompts = [tokenize_prompt(item.prompt, tokenizer).input_ids for item in items]
-        stops, answer_of = STOP_STRINGS, extract_response
-    order = sorted(range(len(items)), key=lambda i: (items[i].max_new_tokens, len(prompts[i])))
-    responses = [""] * len(items)
-    start = 0
-    while start < len(order):
-        budget = items[order[start]].max_new_tokens
-        batch = [i for i in order[start : start + batch_size] if items[i].max_new_tokens == budget]
-        cap = budget if max_new_tokens is None else min(budget, max_new_tokens)
-        config = GenerationConfig(max_new_tokens=cap, temperature=0.0, stop_strings=stops)
-        outputs = generate(
-            model, tokenizer, [prompts[i] for i in batch], images=[image_tensor(items[i]) for i in batch], config=config
+        style = get_style(fmt.style)
+        prompts = [tokenize_prompt(item.prompt, tokenizer, fmt=fmt).input_ids for item in items]
+        stops, answer_of = style.stop_strings, style.extract_response
+    requests = [
+        AnswerRequest(
+            input_ids=ids,
+            images=image_tensor(item),
+            max_new_tokens=item.max_new_tokens if max_new_tokens is None else min(item.max_new_tokens, max_new_tokens),
+            stop_strings=stops,
         )
-        for i, output in zip(batch, outputs, strict=True):
-            responses[i] = answer_of(output.text)
-        start += len(batch)
-        if on_progress is not None:
-            on_progress(len(batch))
-    return responses
+        for item, ids in zip(items, prompts, strict=True)
+    ]
+    texts = generate_answers(model, tokenizer, requests, batch_size=batch_size, on_progress=on_progress)
+    return [answer_of(text) for text in texts]
 
 
 def evaluate_world(
-    model: Flamingo,
+    model: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase,
     world: str | Path | HeldOut | Sequence[Scene],
     *,
@@ -190,3 +190,22 @@ def evaluate_world(
     ]
     results = summarise(records, {scene.id: scene for scene in scenes})
     return {**results, "items": len(items), "seconds": time.perf_counter() - start, "records": records}
+
+
+Evaluator = Callable[[VisionLanguageModel, PreTrainedTokenizerBase], dict[str, float]]
+
+
+def world_evaluator(world: str, scenes: int) -> Evaluator:
+    """The generated world's generation metrics as flat figures, for training's validation: colour, shape, count,
+    position, word, reasoning accuracy; language accuracy; description precision/recall; mean detail words."""
+
+    def evaluate(model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        r = evaluate_world(model, tokenizer, world, limit=scenes)
+        figures = {kind: float(v) for kind, v in r["accuracy"].items() if v is not None}
+        figures["language"] = float(r["language"]["accuracy"])
+        figures.update({k: float(v) for k, v in r["description"].items() if isinstance(v, (int, float))})
+        if "detail" in r["response_length"]:
+            figures["detail_words"] = float(r["response_length"]["detail"])
+        return figures
+
+    return evaluate

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmgpt.data.world.language import LanguageTask
-from mmgpt.data.world.tasks import SceneTasks
 from mmgpt.tokens import IMAGE
+from mmgpt.world.language import LanguageTask
+from mmgpt.world.tasks import SceneTasks
 
 VQA_SUBTYPE = "train2014"
 VQA_QUESTIONS_FILE = f"v2_OpenEnded_mscoco_{VQA_SUBTYPE}_questions.json"

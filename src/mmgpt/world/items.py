@@ -2,7 +2,7 @@
 
 Per scene: one question of each kind (colour, shape, count, position, and word reading when the scene has a
 word), one A-OKVQA-style reasoning question, one detail-description request and one caption request. The
-questions come from the same generators as training (``mmgpt.data.world.questions``), drawn with the scene's own
+questions come from the same generators as training (``mmgpt.world.questions``), drawn with the scene's own
 ``"{key}:eval"`` random stream, so the prompts are in-distribution and the scenes are new.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mmgpt.data.conversation import Conversation, ImageRef, single_turn
-from mmgpt.data.world.describe import captions, detailed_description
-from mmgpt.data.world.language import LanguageTask
-from mmgpt.data.world.questions import ask, rationale_question
-from mmgpt.data.world.scene import Scene
-from mmgpt.data.world.tasks import DETAIL_INSTRUCTIONS, caption_instruction, rationale_prompt
+from mmgpt.world.describe import captions, detailed_description
+from mmgpt.world.language import LanguageTask
+from mmgpt.world.questions import ask, rationale_question
+from mmgpt.world.scene import Scene
+from mmgpt.world.tasks import DETAIL_INSTRUCTIONS, caption_instruction, rationale_prompt
 
 SCENE_QUESTIONS = ("colour", "shape", "count", "position", "word")
 # Token budgets per instruction kind: a description runs to ~150 tokens, everything else to a few dozen.

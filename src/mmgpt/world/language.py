@@ -3,7 +3,7 @@
 Four kinds: ``arithmetic`` (sums and differences of numbers up to 9), ``spelling`` (letters and letter counts of
 the world's words), ``ordering`` (sort numbers or words, the list as the ``### Input:``) and ``facts`` of the
 closed world (sides of shapes, colour mixing, opposites, the next number). Every response ends with its
-``answer``: the metric checks that ending (``mmgpt.evaluate.world.language_correct``).
+``answer``: the metric checks that ending (``mmgpt.world.metrics.language_correct``).
 
 The item spaces are small (there are 100 sums), so held-out items repeat training items: these tasks measure
 whether a skill is kept or lost through tuning, not generalisation.
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mmgpt.data.conversation import Conversation, single_turn
-from mmgpt.data.world.describe import NUMBER_WORDS
-from mmgpt.data.world.scene import COLOURS, SHAPES, WORDS
+from mmgpt.world.describe import NUMBER_WORDS
+from mmgpt.world.scene import COLOURS, SHAPES, WORDS
 
 SPELLABLE = (*WORDS, *COLOURS, *SHAPES)
 SIDES = {

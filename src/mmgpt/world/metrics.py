@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mmgpt.data.world.describe import NUMBER_WORDS
-from mmgpt.data.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, WORDS, Scene
+from mmgpt.world.describe import NUMBER_WORDS
+from mmgpt.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, WORDS, Scene
 
 QUESTION_KINDS = ("colour", "shape", "count", "position", "word", "reasoning")
 ALIASES = {"center": "centre", "colored": "coloured"}

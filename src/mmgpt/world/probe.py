@@ -25,13 +25,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.collate import collate
-from mmgpt.data.images import ImageTransform
 from mmgpt.data.tokenize import TokenizedSample
-from mmgpt.data.world.describe import grid_caption
-from mmgpt.data.world.render import render_scene
-from mmgpt.data.world.scene import COLOURS, GRID, POSITIONS, SHAPES, Scene, sample_scenes
-from mmgpt.model.flamingo import Flamingo
-from mmgpt.tokens import IMAGE, special_token_ids
+from mmgpt.model.contract import VisionLanguageModel
+from mmgpt.world.describe import grid_caption
+from mmgpt.world.render import render_scene
+from mmgpt.world.scene import COLOURS, GRID, POSITIONS, SHAPES, Scene, sample_scenes
 
 ATTRIBUTES = ("kind", "colour")
 EMPTY = "empty"
@@ -82,16 +80,19 @@ def ridge_probe(
 
 
 @torch.no_grad()
-def image_features(model: Flamingo, scenes: Sequence[Scene], *, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """``{"patches": [n, p, d], "latents": [n, l, d]}`` of each scene, rendered as the world renders it and
-    preprocessed to the model's image size."""
-    transform = ImageTransform(size=model.vision_encoder.image_size)
+def image_features(
+    model: VisionLanguageModel, scenes: Sequence[Scene], *, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """``{"patches": [n, p, d_v], "latents": [n, l, d]}`` of each scene, rendered as the world renders it and
+    preprocessed as the model preprocesses: its vision encoder's tokens, and what the model makes of each image
+    (``embed_images``: a Flamingo's perceiver latents, a prefix model's input embeddings)."""
+    transform = model.image_transform()
     patches, latents = [], []
     for start in range(0, len(scenes), batch_size):
         pixels = torch.stack([transform(render_scene(s)) for s in scenes[start : start + batch_size]])
-        tokens = model.vision_encoder(pixels.to(model.device))
-        patches.append(tokens.float().cpu())
-        latents.append(model.perceiver(tokens[:, None])[:, 0].float().cpu())
+        pixels = pixels.to(model.device)
+        patches.append(model.vision_encoder(pixels).float().cpu())
+        latents.append(model.embed_images(pixels).float().cpu())
     return {"patches": torch.cat(patches), "latents": torch.cat(latents)}
 
 
@@ -102,7 +103,7 @@ def cell_labels(scenes: Sequence[Scene], attribute: str, row: int, column: int) 
 
 
 def probe_cells(
-    model: Flamingo,
+    model: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase | None = None,
     *,
     scenes: int = 2000,
@@ -149,25 +150,27 @@ def value_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 
 @torch.no_grad()
 def read_cells(
-    model: Flamingo, tokenizer: PreTrainedTokenizerBase, scenes: Sequence[Scene], *, batch_size: int = 64
+    model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase, scenes: Sequence[Scene], *, batch_size: int = 64
 ) -> dict[str, list[float]]:
     """``{attribute: [accuracy per cell, reading order]}``: how often the model, reading a scene's grid caption up to
     a shape's colour or kind word, scores the true value above the attribute's other values (teacher forcing; the
     cells without a shape are not counted). Needs the world's tokenizer (one token per value word)."""
     value_ids = value_token_ids(tokenizer)
     choices = {a: torch.tensor([value_ids[v] for v in VALUES[a]]) for a in ATTRIBUTES}
-    transform = ImageTransform(size=model.vision_encoder.image_size)
+    transform = model.image_transform()
     cells = list(POSITIONS)
     hits = {a: [0] * len(cells) for a in ATTRIBUTES}
     counts = [0] * len(cells)
-    pad = special_token_ids(tokenizer).pad
+    image_ids = list(model.image_placeholders())
     for start in range(0, len(scenes), batch_size):
         batch = scenes[start : start + batch_size]
         samples = []
         for scene in batch:
-            ids = tokenizer(IMAGE + grid_caption(scene)).input_ids
+            caption = tokenizer(grid_caption(scene)).input_ids
+            bos = caption[:1] if caption and caption[0] == tokenizer.bos_token_id else []
+            ids = bos + image_ids + caption[len(bos) :]
             samples.append(TokenizedSample(ids, ids, [transform(render_scene(scene))]))
-        padded = collate(samples, pad)
+        padded = collate(samples, model.special.pad)
         padded = padded.to(model.device)
         logits = model(padded.input_ids, images=padded.media, attention_mask=padded.attention_mask).logits.float().cpu()
         for row, (scene, sample) in enumerate(zip(batch, samples, strict=True)):

@@ -3,7 +3,7 @@ style) and the ground-truth value the metrics score; and A-OKVQA-style questions
 
 Kinds: ``colour``, ``shape``, ``count``, ``position``, ``word`` (reading), ``exists`` (yes/no). A question refers
 to one shape by a phrase that picks it out alone and does not give the answer away (a colour question never says
-"the red circle"); see :func:`~mmgpt.data.world.describe.references`.
+"the red circle"); see :func:`~mmgpt.world.describe.references`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mmgpt.data.templates import aokvqa_answer
-from mmgpt.data.world.describe import (
+from mmgpt.world.describe import (
     POSITION_PHRASES,
     article,
     capitalise,
@@ -23,7 +23,7 @@ from mmgpt.data.world.describe import (
     reference,
     references,
 )
-from mmgpt.data.world.scene import COLOURS, SHAPES, Scene
+from mmgpt.world.scene import COLOURS, SHAPES, Scene
 
 
 @dataclass(frozen=True)

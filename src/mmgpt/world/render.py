@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mmgpt.data.world.config import IMAGE_SIZE
-from mmgpt.data.world.scene import COLOURS, GRID, Scene, Shape
+from mmgpt.world.config import IMAGE_SIZE
+from mmgpt.world.scene import COLOURS, GRID, Scene, Shape
 
 MIN_IMAGE_SIZE = 48
 BACKGROUND = (255, 255, 255)

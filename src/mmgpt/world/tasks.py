@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from mmgpt.data.conversation import Conversation, ImageRef, Message, single_turn
 from mmgpt.data.sources.base import pick
 from mmgpt.data.templates import CAPTION_INSTRUCTIONS, REASON_QUESTIONS
-from mmgpt.data.world.describe import captions, detailed_description
-from mmgpt.data.world.questions import Question, RationaleQuestion, questions, rationale_question
-from mmgpt.data.world.scene import Scene
+from mmgpt.world.describe import captions, detailed_description
+from mmgpt.world.questions import Question, RationaleQuestion, questions, rationale_question
+from mmgpt.world.scene import Scene
 
 # A few of LLaVA's detail-description requests: enough variety to be an instruction, few enough to learn.
 DETAIL_INSTRUCTIONS: tuple[str, ...] = (

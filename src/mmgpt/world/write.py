@@ -35,12 +35,12 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.config import DataConfig, SourceConfig, dump_data_config
-from mmgpt.data.world import corpus, formats
-from mmgpt.data.world.config import IMAGE_SIZE, WorldConfig
-from mmgpt.data.world.language import LanguageTask, language_tasks
-from mmgpt.data.world.render import save_scene
-from mmgpt.data.world.scene import Scene, sample_scenes
-from mmgpt.data.world.tasks import scene_tasks
+from mmgpt.world import corpus, formats
+from mmgpt.world.config import IMAGE_SIZE, WorldConfig
+from mmgpt.world.language import LanguageTask, language_tasks
+from mmgpt.world.render import save_scene
+from mmgpt.world.scene import Scene, sample_scenes
+from mmgpt.world.tasks import scene_tasks
 
 MANIFEST = "world.json"
 IMAGES = "images"

@@ -2,8 +2,8 @@
 
 Layout::
 
-    mmgpt.yaml          ModelConfig (LM and ViT architectures as numbers, media mask, fusion, dtype)
-    model.safetensors   the whole Flamingo state dict, with the LM's own key names
+    mmgpt.yaml          ModelConfig (model kind, LM and ViT architectures as numbers, media mask, prompt style)
+    model.safetensors   the whole state dict, the LM under its own key names
     tokenizer/          the tokenizer, special tokens included
 
 The media-mask behaviour and the language-only bypass are part of mmgpt.yaml, so a model is always served with
@@ -18,42 +18,18 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from mmgpt.config import ModelConfig, VisionConfig, load_yaml, save_yaml
+from mmgpt.config import ModelConfig, load_yaml, save_yaml
 from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints.torch_files import read_safetensors_into, safetensors_header, write_safetensors
-from mmgpt.model.flamingo import Flamingo
+from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.model.lora import has_lora
 
 CONFIG_FILE = "mmgpt.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
-# HF config entries that describe a file, not an architecture.
-_NOT_ARCHITECTURE = {"_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype"}
 
 
-def describe(model: Flamingo) -> ModelConfig:
-    """The model's config with both backbones given as numbers, so it rebuilds without the original paths."""
-    vit = model.vision_encoder.model.config
-    vision = VisionConfig(
-        image_size=vit.image_size,
-        patch_size=vit.patch_size,
-        width=vit.hidden_size,
-        layers=vit.num_hidden_layers,
-        heads=vit.num_attention_heads,
-        mlp_dim=vit.intermediate_size,
-    )
-    hf = {k: v for k, v in model.lang_encoder.config.to_dict().items() if k not in _NOT_ARCHITECTURE}
-    lm = dataclasses.replace(
-        model.config.lm,
-        path=None,
-        hf_config=hf,
-        tokenizer=TOKENIZER_DIR,
-        decoder_layers_path=model.decoder_layers_path,
-    )
-    return dataclasses.replace(model.config, vision=vision, lm=lm)
-
-
-def save_pretrained(model: Flamingo, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+def save_pretrained(model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
     """Write ``model`` as one self-contained directory (see the module docstring); LoRA must be merged first."""
     if has_lora(model):
         raise ValueError(
@@ -62,7 +38,7 @@ def save_pretrained(model: Flamingo, tokenizer: PreTrainedTokenizerBase, path: s
         )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_yaml(describe(model), path / CONFIG_FILE)
+    save_yaml(model.describe(), path / CONFIG_FILE)
     tokenizer.save_pretrained(path / TOKENIZER_DIR)
     state = model.state_dict()
     # Tied LMs share embedding storage; safetensors refuses shared tensors, and loading re-ties them.
@@ -83,7 +59,7 @@ def load_pretrained(
     dtype: str | None = None,
     device: str | torch.device = "cpu",
     device_map: str | dict | None = None,
-) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     """Load a directory written by :func:`save_pretrained`.
 
     The model is allocated without initialising it (directly in ``dtype``, default the saved one, on ``device``)
@@ -108,7 +84,7 @@ def load_pretrained(
     return model.eval(), tokenizer
 
 
-def load_weights(model: Flamingo, file: str | Path) -> None:
+def load_weights(model: VisionLanguageModel, file: str | Path) -> None:
     """Fill every parameter and persistent buffer of ``model`` from our safetensors file; strict, shape-checked."""
     if not Path(file).is_file():
         raise FileNotFoundError(f"{file} does not exist; an mmgpt model directory holds its weights there")
@@ -126,16 +102,17 @@ def load_weights(model: Flamingo, file: str | Path) -> None:
     read_safetensors_into(file, targets, keys=list(header))
 
 
-def dispatch(model: Flamingo, device_map: str | dict) -> None:
-    """Spread the LM over GPUs with accelerate; gated blocks follow their layers, ViT and perceiver the embeddings."""
+def dispatch(model: VisionLanguageModel, device_map: str | dict) -> None:
+    """Spread the LM over GPUs with accelerate; what hangs on its layers (Flamingo's gated blocks) follows them,
+    the parts outside it (vision encoder, resampler, connector) go beside its input embeddings."""
     try:
         from accelerate import dispatch_model, infer_auto_device_map
     except ImportError:
         raise ImportError("device_map needs accelerate: pip install accelerate") from None
-    lm = model.lang_encoder
+    lm = model.language_model
     if isinstance(device_map, str):
         device_map = infer_auto_device_map(lm, no_split_module_classes=lm._no_split_modules or [])
     dispatch_model(lm, device_map=device_map)
     first = next(lm.get_input_embeddings().parameters()).device
-    model.vision_encoder.to(first)
-    model.perceiver.to(first)
+    for name in model.part_groups():
+        model.get_submodule(name).to(first)

@@ -1,57 +1,17 @@
-"""Masked cross-attention, the tanh-gated cross-attention block, and the media mask (which token sees which image).
+"""Masked cross-attention and the tanh-gated cross-attention block (OpenFlamingo's ``gated_cross_attn_layer``).
 
 Legend: b batch, T text tokens of the current chunk, m images, n latents per image, D the LM width,
-d_v the vision width, h heads.
-
-The media mask is stored per token as an *attend index*: 0 means "no image", k >= 1 means "image k of this row"
-(1-based). Two released behaviours (reference.md section 2), with ``text_time = cumsum(token == <image>)``:
-
-- ``previous`` (OpenFlamingo v2): index = text_time, so a token sees the latest image at or before it.
-- ``following`` (OpenFlamingo v1, what MultiModal-GPT trained and serves with): ``<image>`` tokens get
-  text_time, other tokens text_time + 1, and any index above the row's image count becomes 0. Text attends to
-  the NEXT image; text after the last image attends to none.
-
-Worked example, ``<image> a b <eoc> <image> c d``: previous -> [1,1,1,1,2,2,2]; following -> [1,2,2,2,2,0,0].
+d_v the vision width, h heads. Which image each token attends to is the media mask (``media_mask.py``), given
+here as an *attend index* per token: 0 means "no image", k >= 1 means "image k of this row" (1-based).
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mmgpt.model.resamplers.perceiver import feed_forward
-
-MediaMask = Literal["previous", "following"]
-MEDIA_MASKS: tuple[MediaMask, ...] = ("previous", "following")
-
-
-def attend_index(
-    input_ids: torch.Tensor,
-    *,
-    image_token_id: int,
-    image_counts: torch.Tensor,
-    media_mask: MediaMask,
-    images_before: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Which image each token attends to: input_ids [b, T] -> index [b, T] (0 = none, k = image k, 1-based).
-
-    ``images_before`` [b] counts the ``<image>`` tokens of earlier chunks (cached decoding): a chunk continues
-    the count where the previous one stopped, so cached and full computations give the same index.
-    ``image_counts`` [b] is the number of images of each row.
-    """
-    is_image = input_ids == image_token_id
-    text_time = is_image.long().cumsum(dim=1)
-    if images_before is not None:
-        text_time = text_time + images_before[:, None]
-    if media_mask == "previous":
-        return text_time
-    if media_mask == "following":
-        index = text_time + (~is_image).long()
-        return index.masked_fill(index > image_counts[:, None], 0)
-    raise ValueError(f"media_mask={media_mask!r} is not one of {MEDIA_MASKS}")
 
 
 class MaskedCrossAttention(nn.Module):

@@ -16,52 +16,30 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mmgpt.model.contract import Media
 from mmgpt.model.fusion.cross_attention import GatedCrossAttentionBlock, MaskedCrossAttention
 
 BLOCK_NAME = "gated_cross_attn_layer"
 
 
-@dataclass
-class Media:
-    """Encoded images of a batch, the cross-attention memory of one forward or one generation.
-
-    latents [b, m, n, d_v] (rows with fewer images are zero-padded), counts [b]. Keys and values of each gated
-    block are projected once per image and cached here during inference, so decoding never recomputes them.
-    """
-
-    latents: torch.Tensor
-    counts: torch.Tensor
-    _keys_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
-
-    @property
-    def latents_per_image(self) -> int:
-        return self.latents.shape[2]
-
-    @property
-    def num_images(self) -> int:
-        return self.latents.shape[1]
-
-    def keys_values(self, block_id: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
-        cached = self._keys_values.get(block_id)
-        if cached is not None:
-            return cached
-        device, dtype = attn.to_kv.weight.device, attn.to_kv.weight.dtype
-        kv = attn.project_media(self.latents.to(device=device, dtype=dtype))
-        if not torch.is_grad_enabled():  # training recomputes (one call per block anyway, and grads flow)
-            self._keys_values[block_id] = kv
-        return kv
-
-    def select(self, rows: torch.Tensor) -> Media:
-        """The media of the given batch rows (e.g. to repeat a prompt for several samples)."""
-        kv = {i: (k[rows.to(k.device)], v[rows.to(v.device)]) for i, (k, v) in self._keys_values.items()}
-        return Media(self.latents[rows], self.counts[rows], kv)
+def keys_values(media: Media, block_id: int, attn: MaskedCrossAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block ``block_id``'s keys and values of the media [b, h, m*n, d_head]: projected once per image during
+    inference (kept in ``media.derived``), so decoding never recomputes them; training recomputes (grads flow)."""
+    cached = media.derived.get(block_id)
+    if cached is not None:
+        return cached
+    device, dtype = attn.to_kv.weight.device, attn.to_kv.weight.dtype
+    kv = attn.project_media(media.features.to(device=device, dtype=dtype))
+    if not torch.is_grad_enabled():
+        media.derived[block_id] = kv
+    return kv
 
 
 @dataclass
@@ -121,8 +99,8 @@ def _run_gated_block(block_id: int, layer: nn.Module, args: tuple, kwargs: dict)
     hidden = args[0] if args else kwargs["hidden_states"]
     x = hidden.to(block.ff_gate.device)
     media = inputs.media
-    keys, values = media.keys_values(block_id, block.attn) if media is not None and media.num_images else (None, None)
-    n = media.latents_per_image if media is not None else 0
+    keys, values = keys_values(media, block_id, block.attn) if media is not None and media.num_images else (None, None)
+    n = media.per_image if media is not None else 0
     index = inputs.index.to(x.device)
     if inputs.checkpoint and torch.is_grad_enabled():
         y = checkpoint(block, x, keys, values, index, n, use_reentrant=False)

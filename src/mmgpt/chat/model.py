@@ -1,0 +1,78 @@
+"""ChatModel: a loaded model shared by every chat session, with its named adapters and the lock around it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
+from mmgpt.model.contract import Media, ModelCache, ModelOutput, VisionLanguageModel
+from mmgpt.model.lora import adapter_names, lora_layers, select_adapter
+
+DEFAULT_CONTEXT = 2048  # when the LM's config names no maximum
+
+
+@dataclass
+class ChatModel:
+    """A loaded model shared by every session: the model, its tokenizer and image transform, and the lock that
+    serialises model calls. The active LoRA adapter is state on the model's layers, so selecting it and running
+    the model happen under the lock, one step at a time: concurrent sessions interleave, never mix adapters."""
+
+    model: VisionLanguageModel
+    tokenizer: PreTrainedTokenizerBase
+    transform: ImageTransform
+    name: str = "mmgpt"
+    max_context: int = DEFAULT_CONTEXT
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _layers: list = field(default_factory=list, repr=False)
+    _active: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def wrap(
+        cls,
+        model: VisionLanguageModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "mmgpt",
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> ChatModel:
+        transform = model.image_transform(max_pixels=max_image_pixels)
+        chat = cls(model.eval(), tokenizer, transform, name=name)
+        chat.max_context = int(model.max_context or DEFAULT_CONTEXT)
+        chat._layers = lora_layers(model)
+        if chat._layers:
+            select_adapter(model, None, chat._layers)
+        return chat
+
+    @property
+    def adapters(self) -> list[str]:
+        """Named adapters selectable per session (the model's own ``default`` adapter, if any, is the base)."""
+        return [a for a in adapter_names(self.model) if a != "default"] if self._layers else []
+
+    def check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"no adapter named {adapter!r}; this model has {self.adapters or 'none'}")
+
+    @torch.no_grad()
+    def forward(
+        self,
+        adapter: str | None,
+        input_ids: torch.Tensor,
+        *,
+        cache: ModelCache | None = None,
+        media: Media | None = None,
+    ) -> ModelOutput:
+        """One model call with ``adapter`` active: input_ids [1, T] -> logits [1, T, V] and the new cache."""
+        with self.lock:
+            if self._layers and adapter != self._active:
+                select_adapter(self.model, adapter, self._layers)
+                self._active = adapter
+            return self.model(input_ids.to(self.model.device), media=media, cache=cache, use_cache=True)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [3, H, W] -> the image's features [n, d]. Outside the lock: encoders carry no adapter."""
+        return self.model.embed_images(pixels[None].to(self.model.device))[0]
