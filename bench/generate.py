@@ -29,7 +29,8 @@ from transformers import DynamicCache
 
 from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
 from mmgpt.generate import GenerationConfig, generate
-from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
+from mmgpt.model.build import build_language_model, build_vision_encoder
+from mmgpt.model.flamingo import build_flamingo
 from mmgpt.model.language import lm_cache_argument
 from mmgpt.tokens import SpecialTokenIds
 from sizes import SMALL_LLAMA  # bench/ is on sys.path when a benchmark runs

@@ -39,7 +39,8 @@ VARIANTS = {  # name: (trainable, gradient checkpointing)
 
 def build_model():
     from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
-    from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
+    from mmgpt.model.build import build_language_model, build_vision_encoder
+    from mmgpt.model.flamingo import build_flamingo
     from mmgpt.tokens import SpecialTokenIds
 
     cfg = ModelConfig(

@@ -183,6 +183,49 @@ class PerceiverConfig:
 
 
 @dataclass
+class QFormerConfig:
+    """BLIP-2's Q-Former (MiniGPT-4): BERT-base layers, cross-attention into the image every ``cross_attention_every``
+    layers, ``queries`` learned queries."""
+
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    cross_attention_every: int = 2
+    eps: float = 1e-12
+    queries: int = 32
+
+
+@dataclass
+class AbstractorConfig:
+    """mPLUG-Owl's visual abstractor: ``queries`` learned queries attend to themselves and the image tokens."""
+
+    dim: int = 1024
+    layers: int = 6
+    heads: int = 16
+    intermediate: int = 2816  # the releases' SwiGLU width (the original code's default 4096 is wrong for them)
+    queries: int = 64
+    eps: float = 1e-5
+    ffn_eps: float = 1e-6
+    dropout: float = 0.1
+
+
+@dataclass
+class PrefixConfig:
+    """How a prefix model turns image tokens into LM input embeddings: a ``resampler`` (``qformer``: MiniGPT-4;
+    ``abstractor``: mPLUG-Owl; ``patch_concat``: MiniGPT-4's LLaMA-2 release, ``patch_group`` adjacent patch tokens
+    side by side), then the connector - a linear projection to the LM width (``projection_bias``) and
+    ``end_tokens`` learned embeddings appended after each image's (mPLUG-Owl's ``vit_eos``: 1)."""
+
+    resampler: Literal["qformer", "abstractor", "patch_concat"] = "qformer"
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    abstractor: AbstractorConfig = field(default_factory=AbstractorConfig)
+    patch_group: int = 4
+    projection_bias: bool = True
+    end_tokens: int = 0
+
+
+@dataclass
 class CrossAttentionConfig:
     """Gated cross-attention blocks, inserted before decoder layer i when (i + 1) % every_n_layers == 0."""
 
@@ -229,9 +272,13 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
+    """A model: its vision encoder, how images reach the LM (``fusion``: Flamingo's ``perceiver`` +
+    ``cross_attention``, or a prefix model's ``prefix``), the LM, the dtype and the prompt style."""
+
     vision: VisionConfig = field(default_factory=VisionConfig)
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
     cross_attention: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
     lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     # Where vision meets language. "cross_attention" is Flamingo; "prefix" (image tokens in the LM's input
     # sequence: MiniGPT-4, mPLUG-Owl) is the other model kind behind the same contract.

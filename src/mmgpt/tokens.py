@@ -14,8 +14,10 @@ This module is the one home of those strings, of IMAGE_POSITION and of IGNORE_IN
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -48,6 +50,32 @@ class SpecialTokenIds:
     pad: int
     eos: int
     bos: int | None
+
+
+_LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast", "MplugOwlTokenizer")
+
+
+def read_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local folder, never from the network: a LLaMA SentencePiece ``tokenizer.model`` (LLaMA,
+    Vicuna, mPLUG-Owl; when the folder's config names a LLaMA tokenizer class or there is no ``tokenizer.json``) is
+    read by :func:`mmgpt.llama_tokenizer.load_sentencepiece_tokenizer`, which encodes exactly as the slow tokenizer
+    the originals used; anything else by ``AutoTokenizer``. A hub id (``org/name``) that is no local folder goes to
+    ``AutoTokenizer``, which downloads it where a hub is reachable."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        if folder.exists() or str(path).count("/") != 1:
+            raise ValueError(f"{path}: no such tokenizer folder; point at a folder with the tokenizer's files")
+        return AutoTokenizer.from_pretrained(str(path))
+    if (folder / "tokenizer.model").is_file():
+        config = folder / "tokenizer_config.json"
+        named = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+        if named in _LLAMA_CLASSES or not (folder / "tokenizer.json").is_file():
+            from mmgpt.llama_tokenizer import load_sentencepiece_tokenizer
+
+            return load_sentencepiece_tokenizer(folder)
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> SpecialTokenIds:

@@ -76,7 +76,8 @@ def random_images(n: int, seed: int = 0) -> torch.Tensor:
 
 def openflamingo_9b_v1_on_meta():
     """The OpenFlamingo-9B v1 architecture (LLaMA-7B, CLIP ViT-L/14, a block every 4 layers), no memory."""
-    from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
+    from mmgpt.model.build import build_language_model, build_vision_encoder
+    from mmgpt.model.flamingo import build_flamingo
     from mmgpt.tokens import SpecialTokenIds
 
     llama_7b = dict(

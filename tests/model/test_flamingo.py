@@ -5,12 +5,9 @@ import warnings
 import pytest
 import torch
 
-from mmgpt.model.build import (
-    build_flamingo,
-    build_language_model,
-    build_vision_encoder,
-)
+from mmgpt.model.build import build_language_model, build_vision_encoder
 from mmgpt.model.checkpoints import load_pretrained, save_pretrained
+from mmgpt.model.flamingo import build_flamingo
 from mmgpt.model.language import decoder_layers, lm_cache_argument
 from mmgpt.tokens import add_special_tokens
 from tests.model.conftest import make_tokenizer, openflamingo_9b_v1_on_meta, random_images, tiny_config, tiny_model

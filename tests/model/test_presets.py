@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from mmgpt.config import ConfigError
 from mmgpt.load import load_preset, preset_names
-from mmgpt.model.build import build_flamingo, build_language_model, build_vision_encoder
+from mmgpt.model.build import build_language_model, build_vision_encoder
+from mmgpt.model.flamingo import build_flamingo
 from mmgpt.model.lora import apply_lora, trainable_parameter_table
 from mmgpt.tokens import SpecialTokenIds
 
@@ -56,6 +59,38 @@ def test_every_preset_loads_and_builds_on_meta(name):
     assert model.lang_encoder.get_input_embeddings().weight.shape == (vocab, width)
     mask = "following" if name in ("openflamingo-9b-v1", "multimodal-gpt") else "previous"
     assert model.config.cross_attention.media_mask == mask
+    # The language-only bypass is MultiModal-GPT's; OpenFlamingo runs the gated blocks on every token.
+    assert model.config.cross_attention.language_only_bypass == (name == "multimodal-gpt")
+
+
+@pytest.mark.parametrize("name", ["openflamingo-9b-v1", "openflamingo-4b-vitl-rpj3b", "multimodal-gpt"])
+def test_a_text_only_row_in_a_mixed_batch_computes_what_the_release_computes(name):
+    """Tiny numbers with the preset's fusion settings. OpenFlamingo (no bypass): a text-only row still runs every
+    block's feed-forward (its attention sees no image, so adds zero) - the same logits alone or beside an image row,
+    and not the bare LM's. MultiModal-GPT (bypass): the text-only row is exactly the bare LM."""
+    from tests.model.conftest import random_images, tiny_model
+
+    settings = load_preset(name).model.cross_attention
+    model, tokenizer = tiny_model("llama", settings.media_mask, language_only_bypass=settings.language_only_bypass)
+    text = tokenizer("a red circle above a blue square").input_ids
+    with_image = tokenizer("<image>what color is the circle? the circle").input_ids
+    width = max(len(text), len(with_image))
+    ids = torch.tensor([[0] * (width - len(text)) + text, [0] * (width - len(with_image)) + with_image])
+    mask = (torch.arange(width)[None] >= torch.tensor([[width - len(text)], [width - len(with_image)]])).long()
+    images = torch.zeros(2, 1, 3, 32, 32)
+    images[1] = random_images(1)
+    with torch.no_grad():
+        mixed = model(ids, images=images, image_counts=torch.tensor([0, 1]), attention_mask=mask).logits[0, -1]
+        alone = model(torch.tensor([text])).logits[0, -1]
+        for block in model.gated_blocks().values():
+            block.ff_gate.data.zero_()
+            block.attn_gate.data.zero_()
+        plain = model(torch.tensor([text])).logits[0, -1]  # closed gates: the bare LM
+    torch.testing.assert_close(mixed, alone, rtol=0, atol=1e-5)
+    if settings.language_only_bypass:
+        torch.testing.assert_close(alone, plain, rtol=0, atol=1e-5)
+    else:
+        assert (alone - plain).abs().max() > 1e-3
 
 
 def test_openflamingo_9b_v1_trainable_part_is_the_size_of_checkpoint_pt():
@@ -68,7 +103,8 @@ def test_openflamingo_9b_v1_trainable_part_is_the_size_of_checkpoint_pt():
 
 def test_multimodal_gpt_preset_is_the_9b_base_plus_the_paper_lora():
     preset = load_preset("multimodal-gpt")
-    assert preset.model == load_preset("openflamingo-9b-v1").model
+    base = load_preset("openflamingo-9b-v1").model  # plus MultiModal-GPT's language-only bypass
+    assert preset.model == replace(base, cross_attention=replace(base.cross_attention, language_only_bypass=True))
     assert (preset.lora.r, preset.lora.alpha, preset.lora.dropout, preset.lora.lm_mlp) == (16, 16, 0.0, False)
     model = on_meta("multimodal-gpt", 32_003)
     apply_lora(model, preset.lora)

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="OpenFlamingo's checkpoint.pt")
     parser.add_argument("--lora", help="MultiModal-GPT's LoRA .pt or a peft adapter directory; merged into the weights")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the LM's)")
+    parser.add_argument("--eva", help="MiniGPT-4: eva_vit_g.pth")
+    parser.add_argument("--qformer", help="MiniGPT-4: blip2_pretrained_flant5xxl.pth")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="dtype of the saved weights")
 
 
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
             lm=args.lm,
             clip=args.clip,
             checkpoint=args.checkpoint,
+            eva=args.eva,
+            qformer=args.qformer,
             lora=args.lora,
             tokenizer=args.tokenizer,
             dtype=args.dtype,

@@ -10,40 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from mmgpt import presets
 from mmgpt.config import ConfigError, closest, from_dict
 from mmgpt.data.images import CLIP_SIZE, DEFAULT_MAX_PIXELS
+from mmgpt.data.sources import FORMATS
+from mmgpt.data.sources.base import SourceConfig
 from mmgpt.data.tokenize import DEFAULT_MAX_LENGTH
-
-OnError = Literal["raise", "skip"]
-PRESET_FOLDER = ("presets", "data")  # inside the mmgpt package; shipped as package data
-
-
-@dataclass
-class SourceConfig:
-    """One dataset file. ``cap`` keeps a seeded random subset of that many conversations (None: all).
-
-    ``images`` is the folder image paths of the format are relative to (COCO's root for A-OKVQA, the
-    ``image/`` folder for cc_sbu_align...); ``on_error="skip"`` counts malformed rows instead of stopping;
-    ``options`` are the format's own (e.g. A-OKVQA's ``variant``), checked by that format.
-    """
-
-    name: str
-    format: str
-    path: str
-    images: str | None = None
-    cap: int | None = None
-    on_error: OnError = "raise"
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.cap is not None and self.cap < 0:
-            raise ConfigError(f"source {self.name!r}: cap must be >= 0 or null (all), got {self.cap}")
 
 
 @dataclass
@@ -101,16 +78,15 @@ class DataConfig:
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("mmgpt").joinpath(*PRESET_FOLDER)
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return presets.preset_names("data")
 
 
 def load_data_config(config: str | Path) -> DataConfig:
     """Load a YAML file, or a shipped preset by name (``multimodal-gpt``); validates source options too."""
     path = Path(config).expanduser()
-    is_preset = not path.exists() and path.suffix == "" and str(config) in preset_names()
+    text = presets.preset_text("data", str(config)) if not path.exists() and path.suffix == "" else None
+    is_preset = text is not None
     if is_preset:
-        text = resources.files("mmgpt").joinpath(*PRESET_FOLDER, f"{config}.yaml").read_text()
         where = f"preset {config}"
     elif path.is_file():
         text = path.read_text()
@@ -120,11 +96,7 @@ def load_data_config(config: str | Path) -> DataConfig:
         raise ConfigError(
             f"{config}: no such file and no such preset{closest(str(config), names)}; presets: {', '.join(names)}"
         )
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{where}: not valid YAML: {error}") from None
-    cfg: DataConfig = from_dict(DataConfig, data or {}, where)
+    cfg: DataConfig = from_dict(DataConfig, presets.read_yaml_mapping(text, where), where)
     if not is_preset:
         # Paths in a user's file (data root, tokenizer) are relative to that file unless absolute.
         cfg.root = str(path.parent.resolve() / Path(cfg.root or ".").expanduser())
@@ -136,8 +108,6 @@ def load_data_config(config: str | Path) -> DataConfig:
 
 def validate_sources(cfg: DataConfig, *, where: str = "data config") -> None:
     """Check every source's format name and options against the format's own option dataclass."""
-    from mmgpt.data.sources import FORMATS  # the registry imports this module: resolve it at call time
-
     for group in ("vision_language", "language"):
         for i, source in enumerate(getattr(cfg, group)):
             at = f"{where}: {group}[{i}] ({source.name})"

@@ -264,16 +264,15 @@ def tokenize_prompt(
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """A tokenizer from a local folder (``save_pretrained`` output), with the special tokens added."""
-    from transformers import AutoTokenizer
-
-    from mmgpt.tokens import add_special_tokens
+    """A tokenizer from a local folder (``save_pretrained`` output, or a LLaMA ``tokenizer.model`` folder), with
+    Flamingo's special tokens added (what data tools that run without a model tokenise for)."""
+    from mmgpt.tokens import add_special_tokens, read_tokenizer
 
     if not Path(path).expanduser().is_dir():
         # Checked here: from_pretrained would take a missing folder for a Hub id and try the network.
         raise ValueError(f"{path}: no such tokenizer folder; point 'tokenizer:' at a save_pretrained folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(Path(path).expanduser())
+        tokenizer = read_tokenizer(path)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"cannot load a tokenizer from {path!r} ({error}); point 'tokenizer:' at a folder written by "

@@ -1,85 +1,38 @@
 """Builders: ModelConfig -> model kind -> (model, tokenizer); architecture options applied before training.
 
-``build_model`` reads ``cfg.fusion`` and calls that kind's builder (``BUILDERS``): a new model kind is one builder
-here, next to its module. Builders take keyword-only arguments; presets supply numbers; tests call the same
-builders with tiny numbers.
+``build_model`` builds what every kind starts from (``build_backbones``: the LM and the vision encoder on their
+devices, in the config's dtype), then calls the builder of ``cfg.fusion`` (``BUILDERS``), which lives in its model's
+module: a new model kind is its module with a builder, and one line in ``BUILDERS``. Builders take keyword-only
+arguments; presets supply numbers; tests call the same builders with tiny numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmgpt.config import DTYPES, ModelConfig
 from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.model.encoders import build_vision_encoder
 from mmgpt.model.encoders.clip import VisionEncoder
-from mmgpt.model.flamingo import Flamingo
-from mmgpt.model.language import build_language_model, resize_embeddings
-from mmgpt.model.resamplers.perceiver import PerceiverResampler
-from mmgpt.tokens import SpecialTokenIds, add_special_tokens
+from mmgpt.model.language import build_language_model
+from mmgpt.tokens import read_tokenizer
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     source = cfg.lm.tokenizer or cfg.lm.path
     if source is None:
         raise ValueError("the model config names no tokenizer: set lm.tokenizer (or lm.path) to a local directory")
-    return AutoTokenizer.from_pretrained(source)
+    return read_tokenizer(source)
 
 
-def build_flamingo(
-    *,
-    cfg: ModelConfig,
-    vision_encoder: VisionEncoder,
-    lang_encoder: PreTrainedModel,
-    special: SpecialTokenIds,
-    vocab_size: int,
-    init_fusion: bool = True,
-) -> Flamingo:
-    """Assemble a Flamingo from a vision encoder and an LM (new perceiver and gated blocks, embeddings resized).
-
-    Each gated block is put on its decoder layer's device and the perceiver on the vision encoder's, so an LM
-    spread over several GPUs (a device map) keeps every block beside its layer. ``init_fusion=False`` allocates
-    the perceiver and blocks without initialising them, directly in the LM's dtype on their device: for a
-    checkpoint that fills them (the 9B model's 1.2B fusion parameters are never built on the CPU in fp32).
-    """
-    dtype = next(lang_encoder.parameters()).dtype
-    resize_embeddings(lang_encoder, vocab_size)
-    with torch.device("meta") if not init_fusion else contextlib.nullcontext():
-        perceiver = PerceiverResampler(
-            dim=vision_encoder.width,
-            depth=cfg.perceiver.depth,
-            heads=cfg.perceiver.heads,
-            dim_head=cfg.perceiver.dim_head,
-            num_latents=cfg.perceiver.num_latents,
-            ff_mult=cfg.perceiver.ff_mult,
-        )
-        model = Flamingo(
-            vision_encoder=vision_encoder,
-            perceiver=perceiver,
-            lang_encoder=lang_encoder,
-            special=special,
-            config=cfg,
-        )
-    layers = lang_encoder.get_submodule(model.decoder_layers_path)
-    placements = [(model.perceiver, _device_of(vision_encoder))]
-    placements += [(block, _device_of(layers[i])) for i, block in model.gated_blocks().items()]
-    for module, device in placements:
-        module.to(dtype)
-        if not init_fusion and device.type != "meta":
-            module.to_empty(device=device)  # no buffers in these modules: nothing is left uninitialised but weights
-        else:
-            module.to(device)
-    freeze(model)
-    return model
-
-
-def _device_of(module: nn.Module) -> torch.device:
+def device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
@@ -108,32 +61,23 @@ def build_backbones(
     # Weights built from numbers are allocated on their device directly (no CPU copy first); pretrained ones are
     # loaded there by from_pretrained.
     on_device = torch.device(device) if device_map is None else contextlib.nullcontext()
-    with _no_init(not init_weights and cfg.lm.path is None), on_device:
+    with no_init(not init_weights and cfg.lm.path is None), on_device:
         lm = build_language_model(cfg.lm, dtype=dtype, device_map=lm_device_map)
     lm.tie_weights()  # skipping init_weights also skips its tying of tied LMs (MPT's lm_head)
-    with _no_init(not init_weights and cfg.vision.path is None), on_device:
+    with no_init(not init_weights and cfg.vision.path is None), on_device:
         vision_encoder = build_vision_encoder(cfg.vision, dtype=dtype)
     if device_map is None:
         lm.to(device)
-    vision_encoder.to(_device_of(lm.get_input_embeddings()))
+    vision_encoder.to(device_of(lm.get_input_embeddings()))
     return Backbones(lm, vision_encoder, tokenizer)
 
 
-def build_flamingo_model(cfg: ModelConfig, backbones: Backbones, *, init_weights: bool) -> Flamingo:
-    """Flamingo from its backbones: OpenFlamingo's special tokens added to the tokenizer, embeddings resized."""
-    special = add_special_tokens(backbones.tokenizer)
-    return build_flamingo(
-        cfg=cfg,
-        vision_encoder=backbones.vision_encoder,
-        lang_encoder=backbones.language_model,
-        special=special,
-        vocab_size=len(backbones.tokenizer),
-        init_fusion=init_weights,
-    )
-
-
-Builder = Callable[..., VisionLanguageModel]
-BUILDERS: dict[str, Builder] = {"cross_attention": build_flamingo_model}
+# ModelConfig.fusion -> the builder of that model kind ("module:function", imported when used):
+# builder(cfg, backbones, *, init_weights) -> model.
+BUILDERS = {
+    "cross_attention": "mmgpt.model.flamingo:build_flamingo_model",
+    "prefix": "mmgpt.model.prefix_lm:build_prefix_model",
+}
 
 
 def build_model(
@@ -154,9 +98,11 @@ def build_model(
     own format, or a release's fusion weights); random initialisation of billions of parameters would cost minutes
     for nothing.
     """
-    builder = BUILDERS.get(cfg.fusion)
-    if builder is None:
+    target = BUILDERS.get(cfg.fusion)
+    if target is None:
         raise ValueError(f"fusion={cfg.fusion!r} has no builder; known: {', '.join(BUILDERS)}")
+    module, _, name = target.partition(":")
+    builder = getattr(importlib.import_module(module), name)
     backbones = build_backbones(
         cfg, tokenizer=tokenizer, device=device, device_map=device_map, init_weights=init_weights
     )
@@ -178,7 +124,7 @@ def apply_architecture_options(
     position embeddings, grow the perceiver."""
     flamingo_only = {"gate_init": gate_init, "perceiver_latents": perceiver_latents}
     used = [name for name, value in flamingo_only.items() if value is not None]
-    if used and not isinstance(model, Flamingo):
+    if used and model.kind != "flamingo":
         raise ValueError(f"{', '.join(used)} change a Flamingo's gated blocks / perceiver; {model.kind} has none")
     if gate_init is not None:
         model.set_gates(gate_init)
@@ -189,7 +135,7 @@ def apply_architecture_options(
 
 
 @contextlib.contextmanager
-def _no_init(enabled: bool) -> Iterator[None]:
+def no_init(enabled: bool) -> Iterator[None]:
     """Skip weight initialisation (torch.nn.init and transformers' init_weights) while building."""
     if not enabled:
         yield

@@ -34,7 +34,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from mmgpt.config import ModelConfig
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
-from mmgpt.model.language import lm_modules
+from mmgpt.model.language import lm_cache_argument, lm_modules, positions_from_mask, takes_position_ids
 from mmgpt.tokens import PromptFormat, SpecialTokenIds
 
 # Parameter groups. Every parameter of every model belongs to exactly one; a model uses the ones it has.
@@ -154,12 +154,10 @@ class VisionLanguageModel(nn.Module):
     config: ModelConfig
     special: SpecialTokenIds
     decoder_layers_path: str
+    language_model: PreTrainedModel  # the HF causal LM (LoRA injects into it)
+    vision_encoder: nn.Module  # declares image_transform(), width, image_size, tokens, describe()
 
     # ------------------------------------------------------------------ what it is made of
-    @property
-    def language_model(self) -> PreTrainedModel:
-        raise NotImplementedError
-
     @property
     def device(self) -> torch.device:
         return self.language_model.get_input_embeddings().weight.device
@@ -269,6 +267,62 @@ class VisionLanguageModel(nn.Module):
         conversation adds an image). ``attention_mask`` [b, T] marks real tokens of this chunk (left padding).
         """
         raise NotImplementedError
+
+    def resolve_media(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        images: torch.Tensor | None,
+        image_counts: torch.Tensor | None,
+        media: Media | None,
+        cache: ModelCache | None,
+    ) -> tuple[Media | None, torch.Tensor]:
+        """What a forward looks at: ``images`` encoded now, or ``media``, or the cache's; and the image positions
+        [b] this chunk's ids then consume in total (checked against the images: a new sequence holds every image's
+        placeholders, a continuation may not have reached them all)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, tokens]; got shape {tuple(input_ids.shape)}")
+        b, device = input_ids.shape[0], input_ids.device
+        if images is not None:
+            if media is not None:
+                raise ValueError("pass either images (pixels) or media (encoded images), not both")
+            media = self.encode_images(images, image_counts)
+        elif media is None and cache is not None:
+            media = cache.media
+        counts = media.counts.to(device) if media is not None else torch.zeros(b, dtype=torch.long, device=device)
+        if counts.shape[0] != b:
+            raise ValueError(f"the images are for {counts.shape[0]} rows but input_ids has {b} rows")
+        before = cache.placeholders_seen.to(device) if cache is not None else torch.zeros_like(counts)
+        seen = before + (input_ids == self.special.image).sum(dim=1)
+        self.check_placeholders(seen, counts, complete=cache is None)
+        return media, seen
+
+    def lm_arguments(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: ModelCache | None, use_cache: bool
+    ) -> tuple[torch.Tensor, dict]:
+        """(the attention mask of every position so far [b, S], the keyword arguments of the LM call): the KV cache
+        under the name the LM takes it, the mask only when something is padded, and position ids from the mask
+        (left padding does not shift real tokens)."""
+        device = input_ids.device
+        chunk_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids)
+        full_mask = chunk_mask if cache is None else torch.cat([cache.attention_mask.to(device), chunk_mask], 1)
+        kv = cache.kv if cache is not None else (DynamicCache() if use_cache else None)
+        kwargs: dict = {"use_cache": kv is not None}
+        if kv is not None:
+            kwargs[lm_cache_argument(self.language_model)] = kv
+        if not bool(full_mask.all()):
+            kwargs["attention_mask"] = full_mask
+            if takes_position_ids(self.language_model):
+                kwargs["position_ids"] = positions_from_mask(full_mask)[:, -input_ids.shape[1] :]
+        return full_mask, kwargs
+
+    def output(
+        self, out, lm_kwargs: dict, media: Media | None, seen: torch.Tensor, full_mask: torch.Tensor
+    ) -> ModelOutput:
+        """The LM's output as the contract's: logits, and the cache to continue from when one was kept."""
+        name = lm_cache_argument(self.language_model)
+        cache = ModelCache(getattr(out, name), media, seen, full_mask) if name in lm_kwargs else None
+        return ModelOutput(out.logits, cache)
 
     def check_placeholders(self, seen: torch.Tensor, counts: torch.Tensor, *, complete: bool) -> None:
         """A new sequence must hold every image's placeholders; a continuation may not have reached them yet."""

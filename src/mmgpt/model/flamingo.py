@@ -12,14 +12,16 @@ d_v vision width, V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from mmgpt.config import ModelConfig
+from mmgpt.model.build import Backbones, device_of
 from mmgpt.model.contract import (
     CROSS_ATTENTION,
     CROSS_ATTENTION_FF,
@@ -42,13 +44,11 @@ from mmgpt.model.fusion.gated_blocks import (
 from mmgpt.model.fusion.media_mask import attend_index, reusable_prefix
 from mmgpt.model.language import (
     decoder_layers,
-    lm_cache_argument,
-    positions_from_mask,
-    takes_position_ids,
+    resize_embeddings,
     text_config_numbers,
 )
 from mmgpt.model.resamplers.perceiver import PerceiverResampler
-from mmgpt.tokens import SpecialTokenIds
+from mmgpt.tokens import SpecialTokenIds, add_special_tokens
 
 CROSS_ATTENTION_MODULES = (f"{BLOCK_NAME}.attn.to_q", f"{BLOCK_NAME}.attn.to_kv", f"{BLOCK_NAME}.attn.to_out")
 CROSS_ATTENTION_FF_MODULES = (f"{BLOCK_NAME}.ff.1", f"{BLOCK_NAME}.ff.3")
@@ -92,8 +92,6 @@ class Flamingo(VisionLanguageModel):
                 ff_mult=cross_attention.ff_mult,
             ),
         )
-        self._lm_takes_position_ids = takes_position_ids(lang_encoder)
-        self._lm_cache_argument = lm_cache_argument(lang_encoder)
         self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ parts
@@ -190,56 +188,30 @@ class Flamingo(VisionLanguageModel):
         cache: ModelCache | None = None,
         use_cache: bool = False,
     ) -> ModelOutput:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, tokens]; got shape {tuple(input_ids.shape)}")
-        b = input_ids.shape[0]
-        if images is not None:
-            if media is not None:
-                raise ValueError("pass either images (pixels) or media (encoded images), not both")
-            media = self.encode_images(images, image_counts)
-        elif media is None and cache is not None:
-            media = cache.media
-        device = input_ids.device
-        counts = media.counts.to(device) if media is not None else torch.zeros(b, dtype=torch.long, device=device)
-        if counts.shape[0] != b:
-            raise ValueError(f"the images are for {counts.shape[0]} rows but input_ids has {b} rows")
-        images_before = cache.placeholders_seen.to(device) if cache is not None else torch.zeros_like(counts)
-        images_seen = images_before + (input_ids == self.special.image).sum(dim=1)
-        self.check_placeholders(images_seen, counts, complete=cache is None)
-
+        media, images_seen = self.resolve_media(
+            input_ids, images=images, image_counts=image_counts, media=media, cache=cache
+        )
+        counts = media.counts.to(input_ids.device) if media is not None else torch.zeros_like(images_seen)
         cross_attention = self.config.cross_attention
         index = attend_index(
             input_ids,
             image_token_id=self.special.image,
             image_counts=counts,
             media_mask=cross_attention.media_mask,
-            images_before=images_before,
+            images_before=images_seen - (input_ids == self.special.image).sum(dim=1),
         )
-        bypass = (counts == 0) if cross_attention.language_only_bypass else None
-        chunk_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids)
-        full_mask = chunk_mask if cache is None else torch.cat([cache.attention_mask.to(device), chunk_mask], 1)
-        kv = cache.kv if cache is not None else (DynamicCache() if use_cache else None)
-        lm_kwargs = {} if kv is None else {self._lm_cache_argument: kv}
-        padded = not bool(full_mask.all())
-        if padded and self._lm_takes_position_ids:
-            lm_kwargs["position_ids"] = positions_from_mask(full_mask)[:, -input_ids.shape[1] :]
+        full_mask, lm_kwargs = self.lm_arguments(input_ids, attention_mask, cache, use_cache)
         # When no token of the chunk sees an image (decoding under "following", text-only rows), the attention
         # output is zero: skip it (and the media projections) instead of computing zeros.
-        attended = media if media is not None and bool((index > 0).any()) else None
         inputs = CrossAttentionInputs(
-            media=attended, index=index, bypass=bypass, checkpoint=self.gradient_checkpointing and self.training
+            media=media if media is not None and bool((index > 0).any()) else None,
+            index=index,
+            bypass=(counts == 0) if cross_attention.language_only_bypass else None,
+            checkpoint=self.gradient_checkpointing and self.training,
         )
         with cross_attention_inputs(inputs):
-            out = self.lang_encoder(
-                input_ids=input_ids,
-                attention_mask=full_mask if padded else None,
-                use_cache=kv is not None,
-                **lm_kwargs,
-            )
-        new_cache = None
-        if kv is not None:
-            new_cache = ModelCache(getattr(out, self._lm_cache_argument), media, images_seen, full_mask)
-        return ModelOutput(out.logits, new_cache)
+            out = self.lang_encoder(input_ids=input_ids, **lm_kwargs)
+        return self.output(out, lm_kwargs, media, images_seen, full_mask)
 
     # ------------------------------------------------------------------ caches
     def reusable_prefix(
@@ -255,3 +227,64 @@ class Flamingo(VisionLanguageModel):
             media_mask=cross_attention.media_mask,
             bypass=cross_attention.language_only_bypass,
         )
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def build_flamingo(
+    *,
+    cfg: ModelConfig,
+    vision_encoder: VisionEncoder,
+    lang_encoder: PreTrainedModel,
+    special: SpecialTokenIds,
+    vocab_size: int,
+    init_fusion: bool = True,
+) -> Flamingo:
+    """Assemble a Flamingo from a vision encoder and an LM (new perceiver and gated blocks, embeddings resized).
+
+    Each gated block is put on its decoder layer's device and the perceiver on the vision encoder's, so an LM
+    spread over several GPUs (a device map) keeps every block beside its layer. ``init_fusion=False`` allocates
+    the perceiver and blocks without initialising them, directly in the LM's dtype on their device: for a
+    checkpoint that fills them (the 9B model's 1.2B fusion parameters are never built on the CPU in fp32).
+    """
+    dtype = next(lang_encoder.parameters()).dtype
+    resize_embeddings(lang_encoder, vocab_size)
+    with torch.device("meta") if not init_fusion else contextlib.nullcontext():
+        perceiver = PerceiverResampler(
+            dim=vision_encoder.width,
+            depth=cfg.perceiver.depth,
+            heads=cfg.perceiver.heads,
+            dim_head=cfg.perceiver.dim_head,
+            num_latents=cfg.perceiver.num_latents,
+            ff_mult=cfg.perceiver.ff_mult,
+        )
+        model = Flamingo(
+            vision_encoder=vision_encoder,
+            perceiver=perceiver,
+            lang_encoder=lang_encoder,
+            special=special,
+            config=cfg,
+        )
+    layers = lang_encoder.get_submodule(model.decoder_layers_path)
+    placements = [(model.perceiver, device_of(vision_encoder))]
+    placements += [(block, device_of(layers[i])) for i, block in model.gated_blocks().items()]
+    for module, device in placements:
+        module.to(dtype)
+        if not init_fusion and device.type != "meta":
+            module.to_empty(device=device)  # no buffers in these modules: nothing is left uninitialised but weights
+        else:
+            module.to(device)
+    model.requires_grad_(False)
+    return model
+
+
+def build_flamingo_model(cfg: ModelConfig, backbones: Backbones, *, init_weights: bool) -> Flamingo:
+    """Flamingo from its backbones: OpenFlamingo's special tokens added to the tokenizer, embeddings resized."""
+    special = add_special_tokens(backbones.tokenizer)
+    return build_flamingo(
+        cfg=cfg,
+        vision_encoder=backbones.vision_encoder,
+        lang_encoder=backbones.language_model,
+        special=special,
+        vocab_size=len(backbones.tokenizer),
+        init_fusion=init_weights,
+    )

@@ -6,6 +6,7 @@ under which it takes its KV cache, and how it is built from a directory or from 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from dataclasses import dataclass
@@ -104,11 +105,16 @@ def lm_cache_argument(lm: nn.Module) -> str:
     """The name under which ``lm.forward`` takes (and its output returns) the KV cache: ``cache`` since
     transformers 5.24 (``past_key_values`` warns at every call there and goes in 5.40), ``past_key_values``
     before."""
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(type(lm)) else "past_key_values"
 
 
 def takes_position_ids(lm: nn.Module) -> bool:
-    return "position_ids" in inspect.signature(lm.forward).parameters
+    return "position_ids" in _forward_parameters(type(lm))
+
+
+@functools.cache
+def _forward_parameters(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:

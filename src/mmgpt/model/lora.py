@@ -38,6 +38,8 @@ from mmgpt.model.contract import (
 ADAPTER = "default"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+# Parts a run trained in full beside its adapters (``train_groups``: e.g. mPLUG-Owl's abstractor), by parameter name.
+TRAINED_PARTS_FILE = "trained_parts.safetensors"
 PEFT_PREFIX = "base_model.model."  # what PeftModel puts before the LM's own module names
 # The LoRA config's switch for each target group.
 _SWITCHES = {
@@ -117,6 +119,10 @@ def _inject(model: VisionLanguageModel, config: PeftLoraConfig) -> VisionLanguag
     return model
 
 
+def is_lora_name(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
 def lora_parameters(model: VisionLanguageModel) -> list[torch.nn.Parameter]:
     return [p for name, p in model.named_parameters() if ".lora_" in name]
 
@@ -133,8 +139,9 @@ def trainable_parameter_table(model: VisionLanguageModel) -> dict[str, int]:
     return table
 
 
-def save_adapter(model: VisionLanguageModel, path: str | Path) -> Path:
-    """Write the LoRA adapter in peft's format: adapter_config.json + adapter_model.safetensors."""
+def save_adapter(model: VisionLanguageModel, path: str | Path, *, parts: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the LoRA adapter in peft's format: adapter_config.json + adapter_model.safetensors; ``parts`` (model
+    parameters trained in full beside the adapters, by name) go to trained_parts.safetensors beside them."""
     if not has_lora(model):
         raise ValueError("the model has no LoRA adapter to save; apply_lora or load_adapter first")
     path = Path(path)
@@ -144,6 +151,8 @@ def save_adapter(model: VisionLanguageModel, path: str | Path) -> Path:
     state = get_peft_model_state_dict(lm, adapter_name=ADAPTER)
     state = {PEFT_PREFIX + k: v.detach().contiguous() for k, v in state.items()}
     save_file(state, str(path / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    if parts:
+        save_file({k: v.contiguous() for k, v in parts.items()}, str(path / TRAINED_PARTS_FILE))
     return path
 
 
@@ -167,7 +176,24 @@ def load_adapter(model: VisionLanguageModel, path: str | Path) -> VisionLanguage
     config, state = read_adapter(path)
     _inject(model, config)
     set_lora_state(model, state, source=str(Path(path) / ADAPTER_WEIGHTS_FILE))
+    parts = Path(path) / TRAINED_PARTS_FILE
+    if parts.is_file():
+        _load_parts(model, parts)
     return model
+
+
+def _load_parts(model: VisionLanguageModel, file: Path) -> None:
+    """Parameters trained in full beside an adapter, into the model (strict: names and shapes)."""
+    params = dict(model.named_parameters())
+    state = load_file(str(file))
+    unknown = sorted(k for k in state if k not in params)
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(params[k].shape)}" for k, v in state.items() if k in params
+             and v.shape != params[k].shape]  # fmt: skip
+    if unknown or wrong:
+        raise ValueError(f"{file} does not fit this model: unknown parameters {unknown[:8]}, wrong shapes {wrong[:8]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value)
 
 
 def set_lora_state(
@@ -224,6 +250,12 @@ def load_named_adapter(model: VisionLanguageModel, path: str | Path, name: str) 
         raise ValueError(
             f"adapter name {name!r} is empty, reserved or already loaded (loaded: {adapter_names(model)}); "
             "give each adapter its own name"
+        )
+    if (Path(path) / TRAINED_PARTS_FILE).is_file():
+        raise ValueError(
+            f"{path} also changes parts of the model beside its LoRA weights ({TRAINED_PARTS_FILE}: e.g. a resampler "
+            "trained in full), which every adapter of a served model shares; serve it as its own model (load it with "
+            "lora=, or `mmgpt export` it) instead of as a named adapter"
         )
     config, state = read_adapter(path)
     active = active_adapter(model)

@@ -3,7 +3,8 @@
 Layout of ``RUN_DIR/checkpoints/step-00000100/``:
 
 - ``adapter/`` - the LoRA adapter in peft's format (adapter_config.json + adapter_model.safetensors), when
-  ``trainable: lora``; otherwise ``trainable.safetensors`` - every trained parameter by name;
+  ``trainable: lora``, with ``trained_parts.safetensors`` when ``train_groups`` trained parts in full beside the
+  adapters (e.g. mPLUG-Owl's abstractor); otherwise ``trainable.safetensors`` - every trained parameter by name;
 - ``trainer_state.pt`` - optimiser, scheduler, grad scaler, the optimiser step, and per rank the data position
   and RNG states (python, torch CPU, CUDA). Tensors, numbers and strings only: read with ``weights_only=True``.
 
@@ -25,7 +26,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmgpt.model.contract import VisionLanguageModel
-from mmgpt.model.lora import ADAPTER_WEIGHTS_FILE, read_adapter, save_adapter, set_lora_state
+from mmgpt.model.lora import (
+    ADAPTER_WEIGHTS_FILE,
+    TRAINED_PARTS_FILE,
+    is_lora_name,
+    read_adapter,
+    save_adapter,
+    set_lora_state,
+)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -73,23 +81,36 @@ def trained_state(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
 
 
 def write_weights(model: VisionLanguageModel, folder: Path, *, lora: bool) -> None:
+    """LoRA runs: ``adapter/`` (with the parts ``train_groups`` trained in full beside the adapters, if any);
+    other runs: ``trainable.safetensors``, every trained parameter by name."""
+    state = trained_state(model)
     if lora:
-        save_adapter(model, folder / ADAPTER_DIR)
+        save_adapter(model, folder / ADAPTER_DIR, parts={n: t for n, t in state.items() if not is_lora_name(n)})
     else:
-        save_file(trained_state(model), str(folder / TRAINABLE_FILE), metadata={"format": "mmgpt-trainable"})
+        save_file(state, str(folder / TRAINABLE_FILE), metadata={"format": "mmgpt-trainable"})
 
 
 def read_weights(model: VisionLanguageModel, folder: Path, *, lora: bool) -> None:
     """Load a checkpoint's trained weights into ``model`` (whose trainable set is already in place)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad and not (lora and is_lora_name(n))}
     if lora:
         _, state = read_adapter(folder / ADAPTER_DIR)
         set_lora_state(model, state, source=str(folder / ADAPTER_DIR / ADAPTER_WEIGHTS_FILE))
-        return
-    state = load_file(str(folder / TRAINABLE_FILE))
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        parts = folder / ADAPTER_DIR / TRAINED_PARTS_FILE
+        if not params and not parts.is_file():
+            return
+        file = parts
+    else:
+        file = folder / TRAINABLE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {file.name}, but this run trains {len(params)} parameters that are no LoRA adapters "
+            f"(e.g. {sorted(params)[:3]}); resume with the trainable set and train_groups the run was started with"
+        )
+    state = load_file(str(file))
     if state.keys() != params.keys():
         raise ValueError(
-            f"{folder / TRAINABLE_FILE} holds other parameters than this run trains: missing "
+            f"{file} holds other parameters than this run trains: missing "
             f"{sorted(params.keys() - state.keys())[:8]}, unexpected {sorted(state.keys() - params.keys())[:8]}"
         )
     with torch.no_grad():

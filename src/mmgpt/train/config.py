@@ -17,6 +17,7 @@ import yaml
 
 from mmgpt.config import ConfigError, LoraConfig, Precision, closest, from_dict
 from mmgpt.data.config import DataConfig, load_data_config
+from mmgpt.data.styles import get_style
 from mmgpt.model.contract import CROSS_ATTENTION, CROSS_ATTENTION_FF, GROUPS
 
 # The reference trains weight decay only into the gated cross-attention blocks (under LoRA: their adapters).
@@ -123,6 +124,9 @@ class TrainConfig:
     perceiver_latents: int | None = None
     trainable: str = "lora"
     train_groups: list[str] = field(default_factory=list)
+    # The prompt style the data is rendered in (data/styles); default the model's. A training stage may differ
+    # from how the model chats (MiniGPT-4's stage 1: bare captions after the image, no prompt).
+    prompt_style: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     max_steps: int | None = None  # default: ``epochs`` passes over the vision-language data
@@ -144,6 +148,8 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be >= 1 or null (from epochs), got {self.max_steps}")
         if self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.prompt_style is not None:
+            get_style(self.prompt_style)  # an unknown style names the known ones
         unknown = sorted(set(self.train_groups) - set(GROUPS))
         if unknown:
             raise ConfigError(f"train_groups: unknown group(s) {unknown}; groups: {', '.join(GROUPS)}")

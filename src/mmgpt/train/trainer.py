@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ class Trainer:
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             image_transform=self.model.image_transform(max_pixels=data.max_image_pixels),
-            fmt=self.model.prompt_format,
+            fmt=replace(self.model.prompt_format, style=self.cfg.prompt_style or self.model.prompt_format.style),
             pad_id=self.model.special.pad,
         )
 
@@ -367,7 +367,8 @@ class Trainer:
         return TrainResult(steps=self.step, output=output, metrics=metrics, trainable=self.trainable)
 
     def _final_output(self) -> Path:
-        """The trained weights in their usable form: a peft adapter (lora) or a whole model directory."""
+        """The trained weights in their usable form: a peft adapter (lora; what ``train_groups`` trained besides goes
+        to ``trainable.safetensors`` in the run directory) or a whole model directory."""
         lora = self.cfg.trainable == "lora"
         output = self.run_dir / ("adapter" if lora else "model")
         if self.ctx.is_main:

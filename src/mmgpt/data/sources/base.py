@@ -11,15 +11,38 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from mmgpt.data.config import from_dict
+from mmgpt.config import ConfigError, from_dict
 from mmgpt.data.conversation import Conversation, single_turn
 from mmgpt.data.sources.jsonio import JsonFiles, Row
 
 Options = TypeVar("Options")
+OnError = Literal["raise", "skip"]
+
+
+@dataclass
+class SourceConfig:
+    """One dataset file. ``cap`` keeps a seeded random subset of that many conversations (None: all).
+
+    ``images`` is the folder image paths of the format are relative to (COCO's root for A-OKVQA, the
+    ``image/`` folder for cc_sbu_align...); ``on_error="skip"`` counts malformed rows instead of stopping;
+    ``options`` are the format's own (e.g. A-OKVQA's ``variant``), checked by that format.
+    """
+
+    name: str
+    format: str
+    path: str
+    images: str | None = None
+    cap: int | None = None
+    on_error: OnError = "raise"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cap is not None and self.cap < 0:
+            raise ConfigError(f"source {self.name!r}: cap must be >= 0 or null (all), got {self.cap}")
 
 
 class RowError(ValueError):

@@ -13,9 +13,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmgpt.data.config import SourceConfig
 from mmgpt.data.conversation import Conversation
-from mmgpt.data.sources.base import MalformedRowError, MissingImage, RowContext, RowError, RowFiltered
+from mmgpt.data.sources.base import (
+    MalformedRowError,
+    MissingImage,
+    RowContext,
+    RowError,
+    RowFiltered,
+    SourceConfig,
+)
 from mmgpt.data.sources.jsonio import JsonFiles
 
 EXAMPLES_KEPT = 3

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
+from mmgpt.config import ModelConfig
 from mmgpt.model.checkpoints.torch_files import read_torch_file
 
 # Buffers that old HF versions saved with the weights; they are recomputed, never loaded.
@@ -68,3 +70,37 @@ def map_keys(
             continue
         mapped[target], origin[target] = value, key
     return mapped, origin, rejected, aliases
+
+
+def local_file(path: str | Path, *, what: str) -> Path:
+    """A local file, or ``org/name/file`` fetched from the hub where one is reachable."""
+    local = Path(path)
+    if local.is_file():
+        return local
+    parts = str(path).split("/")
+    if local.exists() or len(parts) < 3:
+        raise FileNotFoundError(f"{what} {path} does not exist; pass the path of the downloaded file")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+
+
+def check_lm_matches(cfg: ModelConfig, name: str, lm: str) -> None:
+    """The LM directory must have the preset's depth and width: the checkpoint's blocks sit at fixed layers."""
+    hf = dict(cfg.lm.hf_config or {})
+    if "model_type" not in hf:
+        return
+    expected = AutoConfig.for_model(hf.pop("model_type"), **hf)
+    if not Path(lm).is_dir():
+        return  # a hub id; the checkpoint's key and shape checks still apply
+    try:
+        found = AutoConfig.from_pretrained(lm)
+    except ValueError:
+        return  # build_language_model explains unknown model types
+    for attr in ("num_hidden_layers", "hidden_size"):
+        want, got = getattr(expected, attr, None), getattr(found, attr, None)
+        if want is not None and got is not None and want != got:
+            raise ValueError(
+                f"{lm}: {attr}={got} but preset {name!r} is built on an LM with {attr}={want}; "
+                "pass the language model the preset names (see its YAML)"
+            )

@@ -1,15 +1,31 @@
-"""OpenFlamingo v1/v2 ``checkpoint.pt``: perceiver, gated blocks and embeddings, by an explicit key map."""
+"""OpenFlamingo v1/v2 ``checkpoint.pt`` (perceiver, gated blocks and embeddings, by an explicit key map), and the
+OpenFlamingo / MultiModal-GPT release assembled from its downloads."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from mmgpt.model.checkpoints.keys import STRAY_BUFFER, LoadReport, map_keys, read_state_dict
+from mmgpt.model.build import build_model
+from mmgpt.model.checkpoints.keys import (
+    STRAY_BUFFER,
+    LoadReport,
+    check_lm_matches,
+    local_file,
+    map_keys,
+    read_state_dict,
+)
 from mmgpt.model.flamingo import Flamingo
 from mmgpt.model.fusion.gated_blocks import BLOCK_NAME
+from mmgpt.model.language import hf_source
+
+if TYPE_CHECKING:
+    from mmgpt.load import ModelPreset
 
 # ---------------------------------------------------------------------------------------------------------------
 # OpenFlamingo and MultiModal-GPT checkpoints (reference.md section 3): explicit key maps, strict checks.
@@ -114,3 +130,48 @@ def _check_shapes(
     ]
     if wrong:
         raise ValueError(f"{source}: {len(wrong)} tensors have the wrong shape: {wrong[:8]}; check the model config")
+
+
+def load_openflamingo_release(
+    preset: ModelPreset,
+    files: dict[str, str | Path | None],
+    *,
+    tokenizer: str | Path | None,
+    dtype: str | None,
+    device: str | torch.device,
+    device_map: str | dict | None,
+) -> tuple[Flamingo, PreTrainedTokenizerBase]:
+    """OpenFlamingo / MultiModal-GPT from its downloads: ``lm`` (the LM's HF directory), ``clip`` (a HF CLIP
+    directory) and ``checkpoint`` (OpenFlamingo's ``checkpoint.pt``: perceiver, gated blocks, embeddings); the
+    adapter (``lora``) is loaded by the caller."""
+    cfg = preset.model
+    lm, clip, checkpoint, lora = (files.get(k) for k in ("lm", "clip", "checkpoint", "lora"))
+    needed = {
+        "lm": (lm, "the language model's HF directory (for MultiModal-GPT: the LLaMA-7B HF conversion)"),
+        "clip": (clip, "a HF CLIP directory (openai/clip-vit-large-patch14)"),
+        "checkpoint": (checkpoint, "OpenFlamingo's checkpoint.pt (perceiver, gated blocks, embeddings)"),
+    }
+    if preset.lora is not None:  # the model is the base plus this adapter
+        needed["lora"] = (lora, "MultiModal-GPT's mmgpt_lora_v0_with_demo.pt, or a peft adapter directory")
+    missing = [f"{name}= ({what})" for name, (value, what) in needed.items() if value is None]
+    if missing:
+        raise ValueError(f"preset {preset.name!r} needs {'; '.join(missing)}. See docs/weights.md for the downloads")
+    # Every input is checked before anything large is read.
+    hf_source(lm, what="language model", key="lm=")
+    hf_source(clip, what="vision encoder", key="clip=")
+    checkpoint = local_file(checkpoint, what="checkpoint")
+    cfg = dataclasses.replace(
+        cfg,
+        lm=dataclasses.replace(cfg.lm, path=str(lm), tokenizer=str(tokenizer) if tokenizer else None),
+        vision=dataclasses.replace(cfg.vision, path=str(clip)),
+        dtype=dtype or cfg.dtype,
+    )
+    check_lm_matches(preset.model, preset.name, str(lm))
+    model, tok = build_model(cfg, device=device, device_map=device_map, init_weights=False)
+    if model.vision_encoder.width != preset.model.vision.width:
+        raise ValueError(
+            f"{clip}: the vision encoder is {model.vision_encoder.width} wide but preset {preset.name!r} expects "
+            f"{preset.model.vision.width} (CLIP ViT-L/14); point clip= at openai/clip-vit-large-patch14"
+        )
+    load_openflamingo_checkpoint(model, checkpoint)  # fills the perceiver and the blocks, which are uninitialised
+    return model, tok

@@ -16,13 +16,14 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mmgpt.config import ModelConfig, load_yaml, save_yaml
 from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints.torch_files import read_safetensors_into, safetensors_header, write_safetensors
 from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.model.lora import has_lora
+from mmgpt.tokens import read_tokenizer
 
 CONFIG_FILE = "mmgpt.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -75,7 +76,7 @@ def load_pretrained(
     cfg = load_yaml(ModelConfig, path / CONFIG_FILE)
     if dtype is not None:
         cfg = dataclasses.replace(cfg, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path / TOKENIZER_DIR)
+    tokenizer = read_tokenizer(path / TOKENIZER_DIR)
     build_device = "cpu" if device_map is not None else device
     model, tokenizer = build_model(cfg, tokenizer=tokenizer, device=build_device, init_weights=False)
     load_weights(model, path / WEIGHTS_FILE)
