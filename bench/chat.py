@@ -35,7 +35,7 @@ from PIL import Image
 from mmgpt.chat import ChatModel, ChatSession
 from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
 from mmgpt.data.conversation import Conversation
-from mmgpt.data.templates import HEADER
+from mmgpt.data.templates import template_texts
 from mmgpt.data.tokenize import tokenize_prompt
 from mmgpt.generate import GenerationConfig, generate
 from mmgpt.model.build import build_model
@@ -56,7 +56,7 @@ QUESTIONS = [
 
 def build_chat_model(media_mask: str) -> ChatModel:
     torch.manual_seed(0)
-    corpus = [HEADER, "### Image:\n### Instruction:\n### Response:\n", *[q for q, _ in QUESTIONS]] * 4
+    corpus = [*template_texts(), *[q for q, _ in QUESTIONS]] * 4
     tokenizer = train_tokenizer(corpus, vocab_size=1000)
     cfg = ModelConfig(
         vision=VisionConfig(image_size=224, patch_size=14, width=1024, layers=1, heads=16, mlp_dim=4096),

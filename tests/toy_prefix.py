@@ -60,6 +60,7 @@ class ToyPrefixModel(VisionLanguageModel):
     def __init__(self, vocab_size: int, special: SpecialTokenIds, *, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
+        # The tiny ViT of tests/model/conftest.py (not imported: it imports the builders of every model kind).
         vision = VisionConfig(
             image_size=IMAGE_SIZE, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64, keep_cls=False
         )

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmgpt.config import CrossAttentionConfig, LanguageModelConfig, ModelConfig, PerceiverConfig, VisionConfig
-from mmgpt.data.templates import HEADER
+from mmgpt.data.templates import template_texts
 from mmgpt.model.build import apply_architecture_options, build_model
 from mmgpt.tokens import train_tokenizer
 
@@ -28,7 +28,7 @@ def demo_image(size: int = 96) -> Image.Image:
 
 def tiny_random_model(seed: int):
     torch.manual_seed(seed)
-    corpus = [HEADER, "### Image:\n### Instruction:\n### Response:\n", WORDS] * 4
+    corpus = [*template_texts(), WORDS] * 4
     tokenizer = train_tokenizer(corpus, vocab_size=400)
     cfg = ModelConfig(
         vision=VisionConfig(image_size=64, patch_size=8, width=64, layers=2, heads=4, mlp_dim=128),

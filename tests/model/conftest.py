@@ -30,6 +30,8 @@ CORPUS = [
 ] * 4
 
 IMAGE_SIZE = 32
+# The tiny ViT of every test model (the one home of its numbers).
+TINY_VISION = VisionConfig(image_size=IMAGE_SIZE, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64)
 
 
 def lm_numbers(family: str, vocab_size: int) -> dict:
@@ -45,7 +47,7 @@ def lm_numbers(family: str, vocab_size: int) -> dict:
 
 def tiny_config(family: str = "llama", media_mask: str = "previous", vocab_size: int = 300, **xattn) -> ModelConfig:
     return ModelConfig(
-        vision=VisionConfig(image_size=IMAGE_SIZE, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64),
+        vision=TINY_VISION,
         perceiver=PerceiverConfig(depth=2, heads=2, dim_head=16, num_latents=8),
         cross_attention=CrossAttentionConfig(every_n_layers=2, heads=2, dim_head=16, media_mask=media_mask, **xattn),
         lm=LanguageModelConfig(hf_config=lm_numbers(family, vocab_size)),

@@ -1,10 +1,13 @@
 """The vision encoder loads a HF CLIP directory and returns patch tokens BEFORE the final LayerNorm."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from mmgpt.model.encoders.clip import VisionEncoder, sincos_2d
+from tests.model.conftest import TINY_VISION
 
 VISION = dict(
     image_size=32,
@@ -68,13 +71,13 @@ def test_missing_directory_names_the_fix(tmp_path):
 
 
 def test_stays_in_eval_mode_when_the_parent_trains():
-    encoder = VisionEncoder.from_numbers(image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_dim=64)
+    encoder = VisionEncoder.from_numbers(replace(TINY_VISION, layers=1))
     encoder.train()
     assert not encoder.model.training
 
 
 def test_from_numbers_matches_vision_config():
-    encoder = VisionEncoder.from_numbers(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64)
+    encoder = VisionEncoder.from_numbers(TINY_VISION)
     assert isinstance(encoder.model.config, CLIPVisionConfig)
     assert encoder.model.config.hidden_act == "quick_gelu"
     assert (encoder.width, encoder.image_size) == (32, 32)
@@ -90,7 +93,7 @@ def test_sincos_table_exact_values():
 
 
 def test_position_table_is_added_to_the_patches_with_the_given_norm():
-    encoder = VisionEncoder.from_numbers(image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_dim=64)
+    encoder = VisionEncoder.from_numbers(replace(TINY_VISION, layers=1))
     weight = encoder.model.embeddings.position_embedding.weight
     before = weight.detach().clone()
     encoder.add_position_table(6.0)

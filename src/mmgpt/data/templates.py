@@ -66,6 +66,11 @@ REASON_QUESTIONS: tuple[str, ...] = (
 )
 
 
+def template_texts() -> tuple[str, ...]:
+    """The template's own text (header and section titles), for training a tiny tokenizer that knows them."""
+    return (HEADER, IMAGE_SECTION + INSTRUCTION_SECTION + INPUT_SECTION + RESPONSE_SECTION)
+
+
 def aokvqa_answer(choice: str, rationales: Sequence[str]) -> str:
     """A-OKVQA target text: ``The answer is {choice}. Because {rationales joined by spaces}``."""
     return f"The answer is {choice}. Because {' '.join(rationales)}"

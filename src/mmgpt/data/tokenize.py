@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from mmgpt.data.conversation import Conversation, ImageRef
 from mmgpt.data.document import Document
 from mmgpt.data.styles import get_style
-from mmgpt.data.templates import HEADER, Segment
+from mmgpt.data.templates import HEADER, INSTRUCTION_SECTION, SECTION_BREAK, Segment
 from mmgpt.tokens import FLAMINGO_FORMAT, IGNORE_INDEX, IMAGE, PromptFormat
 
 DropReason = Literal["fully_masked", "image_mismatch"]
@@ -118,7 +118,7 @@ class ConversationTokenizer:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None or not hasattr(backend, "encode_batch_fast"):
             return None
-        probe = [HEADER + "\n\n### Instruction:\n", " Héllo  wörld\n", f"x{IMAGE}\n y", ""]
+        probe = [HEADER + SECTION_BREAK + INSTRUCTION_SECTION, " Héllo  wörld\n", f"x{IMAGE}\n y", ""]
         wrapper = tokenizer(probe, add_special_tokens=False)["input_ids"]
         direct = [e.ids for e in backend.encode_batch_fast(probe, add_special_tokens=False)]
         return backend if direct == wrapper else None

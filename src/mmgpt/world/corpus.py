@@ -41,7 +41,13 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from mmgpt.data.templates import CAPTION_INSTRUCTIONS, DESCRIPTION_INSTRUCTIONS, HEADER, REASON_QUESTIONS, render_text
+from mmgpt.data.templates import (
+    CAPTION_INSTRUCTIONS,
+    DESCRIPTION_INSTRUCTIONS,
+    REASON_QUESTIONS,
+    render_text,
+    template_texts,
+)
 from mmgpt.tokens import END_OF_CHUNK, IMAGE, add_special_tokens, train_tokenizer
 from mmgpt.world.config import VOCAB_SIZE
 from mmgpt.world.describe import (
@@ -193,7 +199,7 @@ def text_dialogue_rows(tasks: list[LanguageTask], *, seed: int) -> Iterator[dict
 def tokenizer_corpus() -> Iterator[str]:
     """Every kind of string the world writes: rendered training conversations of every task (template included),
     pretraining texts, language tasks, instruction lists and the whole vocabulary."""
-    yield from (HEADER, "### Image:\n### Instruction:\n### Input:\n### Response:\n")
+    yield from template_texts()
     yield from (
         *CAPTION_INSTRUCTIONS,
         *DESCRIPTION_INSTRUCTIONS,

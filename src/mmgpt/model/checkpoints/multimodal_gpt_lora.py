@@ -9,10 +9,10 @@ from mmgpt.config import LoraConfig
 from mmgpt.model.checkpoints.keys import STRAY_BUFFER, LoadReport, map_keys, read_state_dict
 from mmgpt.model.checkpoints.openflamingo import lm_key
 from mmgpt.model.flamingo import Flamingo
-from mmgpt.model.lora import apply_lora, has_lora, set_lora_state
+from mmgpt.model.lora import PEFT_PREFIX, apply_lora, has_lora, set_lora_state
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<ab>lora_[AB])(\.[^.]+)?\.weight$")
-PEFT_WRAPPER = "lang_encoder.base_model.model."
+PEFT_WRAPPER = "lang_encoder." + PEFT_PREFIX  # peft wrapped the LM of the reference's Flamingo
 
 
 def load_multimodal_gpt_lora(model: Flamingo, path: str | Path, cfg: LoraConfig | None = None) -> LoadReport:
