@@ -25,7 +25,6 @@ Legend: b batch, T tokens of this chunk, S tokens so far, m images, n features p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -34,6 +33,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from mmgpt.config import ModelConfig
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
+from mmgpt.model.cache import Media, ModelCache, ModelOutput
 from mmgpt.model.language import lm_cache_argument, lm_modules, positions_from_mask, takes_position_ids
 from mmgpt.tokens import PromptFormat, SpecialTokenIds
 
@@ -58,84 +58,6 @@ GROUPS = (
     LM_MLP,
     LM_OTHER,
 )
-
-
-@dataclass
-class Media:
-    """Encoded images of a batch: what one forward or one generation looks at.
-
-    features [b, m, n, d] (rows with fewer images are zero-padded), counts [b]. ``derived`` holds what a fusion
-    computes once per image during inference (Flamingo: each gated block's projected keys/values), so decoding
-    never recomputes it.
-    """
-
-    features: torch.Tensor
-    counts: torch.Tensor
-    derived: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def per_image(self) -> int:
-        return self.features.shape[2]
-
-    @property
-    def num_images(self) -> int:
-        return self.features.shape[1]
-
-    @classmethod
-    def of_row(cls, features: Sequence[torch.Tensor]) -> Media | None:
-        """One row's media from per-image features [n, d] (as :meth:`VisionLanguageModel.embed_images` gives)."""
-        if not features:
-            return None
-        stacked = torch.stack(list(features))[None]
-        return cls(stacked, torch.tensor([len(features)], device=stacked.device))
-
-    def select(self, rows: torch.Tensor) -> Media:
-        """The media of the given batch rows (e.g. to repeat a prompt for several samples)."""
-        derived = {key: tuple(t[rows.to(t.device)] for t in value) for key, value in self.derived.items()}
-        return Media(self.features[rows.to(self.features.device)], self.counts[rows.to(self.counts.device)], derived)
-
-
-@dataclass
-class ModelCache:
-    """What a later call needs to continue a sequence: the LM's KV cache, the media, and the running counts.
-
-    kv: the HF cache of the LM's self-attention; media: the encoded images; placeholders_seen [b]: image
-    positions consumed so far (an image is ``tokens_per_image`` of them); attention_mask [b, S]: 1 for real tokens.
-    """
-
-    kv: DynamicCache
-    media: Media | None
-    placeholders_seen: torch.Tensor
-    attention_mask: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return self.attention_mask.shape[1]
-
-    def select(self, rows: torch.Tensor) -> ModelCache:
-        """Keep (or repeat) the given batch rows, e.g. to drop finished rows or sample several continuations."""
-        kv = DynamicCache()
-        for i, layer in enumerate(self.kv.layers):
-            if layer.keys is not None and layer.keys.numel():
-                kv.update(layer.keys[rows.to(layer.keys.device)], layer.values[rows.to(layer.values.device)], i)
-        media = self.media.select(rows) if self.media is not None else None
-        return ModelCache(kv, media, self.placeholders_seen[rows], self.attention_mask[rows])
-
-    def crop(self, length: int, *, placeholders_seen: torch.Tensor, media: Media | None) -> ModelCache:
-        """The first ``length`` positions, continuing with ``media`` (e.g. a conversation that added an image);
-        ``placeholders_seen`` [b] counts the image positions among those ``length``."""
-        kv = DynamicCache()
-        for i, layer in enumerate(self.kv.layers):
-            if layer.keys is not None and layer.keys.numel():
-                kv.update(layer.keys[:, :, :length], layer.values[:, :, :length], i)
-        seen = placeholders_seen.to(self.placeholders_seen.device)
-        return ModelCache(kv, media, seen, self.attention_mask[:, :length])
-
-
-@dataclass
-class ModelOutput:
-    logits: torch.Tensor  # [b, T, V]
-    cache: ModelCache | None
 
 
 class VisionLanguageModel(nn.Module):

@@ -15,8 +15,11 @@ Adapter directories are peft's format (``adapter_config.json`` + ``adapter_model
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -296,3 +299,44 @@ def select_adapter(model: VisionLanguageModel, name: str | None, layers: list[Lo
     for layer in layers:
         # inference_mode keeps every adapter frozen; a layer the adapter does not target just skips it.
         layer.set_adapter(wanted, inference_mode=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several adapters in ONE forward (continuous batching): each batch row runs with its own adapter. peft's LoRA layers
+# take ``adapter_names`` (one per row) and apply each adapter to its sub-batch only; a forward pre-hook on every
+# LoRA layer passes the names bound in a ContextVar - private to the thread or task that runs the forward, so the
+# model carries no state and concurrent single-adapter calls (select_adapter under ChatModel's lock) are unaffected.
+
+_ROW_ADAPTERS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("mmgpt_row_adapters", default=None)
+_HOOKED = "_mmgpt_row_adapter_hook"
+
+
+def _pass_row_adapters(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    names = _ROW_ADAPTERS.get()
+    if names is None:
+        return None
+    return args, {**kwargs, "adapter_names": names}
+
+
+@contextlib.contextmanager
+def row_adapters(model: VisionLanguageModel, names: Sequence[str | None]) -> Iterator[None]:
+    """Within the block, row i of every forward of ``model`` uses adapter ``names[i]`` (None: the model's own
+    ``"default"`` adapter when it has one, else none - as :func:`select_adapter` with None)."""
+    layers = lora_layers(model)
+    if not layers:
+        yield
+        return
+    for layer in layers:
+        if not getattr(layer, _HOOKED, False):
+            layer.register_forward_pre_hook(_pass_row_adapters, with_kwargs=True)
+            setattr(layer, _HOOKED, True)
+    loaded = {n for layer in layers for n in layer.lora_A}
+    unknown = sorted({n for n in names if n is not None and n not in loaded})
+    if unknown:
+        raise ValueError(f"no adapter named {unknown}; loaded: {adapter_names(model)}")
+    base = ADAPTER if ADAPTER in loaded else "__base__"  # peft's name for "no adapter" in a mixed batch
+    token = _ROW_ADAPTERS.set([base if n is None else n for n in names])
+    try:
+        yield
+    finally:
+        _ROW_ADAPTERS.reset(token)

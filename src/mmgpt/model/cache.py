@@ -1,0 +1,155 @@
+"""What a forward looks at and what it leaves to continue from: Media (encoded images) and ModelCache (the LM's KV
+cache with its running counts) - for every model kind of the contract, and for batches whose rows come and go.
+
+Legend: b batch, S tokens so far, m images, n features per image, d feature width, h heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+from transformers import DynamicCache
+
+
+@dataclass
+class Media:
+    """Encoded images of a batch: what one forward or one generation looks at.
+
+    features [b, m, n, d] (rows with fewer images are zero-padded), counts [b]. ``derived`` holds what a fusion
+    computes once per image during inference (Flamingo: each gated block's projected keys/values), so decoding
+    never recomputes it.
+    """
+
+    features: torch.Tensor
+    counts: torch.Tensor
+    derived: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def per_image(self) -> int:
+        return self.features.shape[2]
+
+    @property
+    def num_images(self) -> int:
+        return self.features.shape[1]
+
+    @classmethod
+    def of_row(cls, features: Sequence[torch.Tensor]) -> Media | None:
+        """One row's media from per-image features [n, d] (as :meth:`VisionLanguageModel.embed_images` gives)."""
+        if not features:
+            return None
+        stacked = torch.stack(list(features))[None]
+        return cls(stacked, torch.tensor([len(features)], device=stacked.device))
+
+    def select(self, rows: torch.Tensor) -> Media:
+        """The media of the given batch rows (e.g. to repeat a prompt for several samples)."""
+        derived = {key: tuple(t[rows.to(t.device)] for t in value) for key, value in self.derived.items()}
+        return Media(self.features[rows.to(self.features.device)], self.counts[rows.to(self.counts.device)], derived)
+
+    @staticmethod
+    def merge(parts: Sequence[Media | None], rows: Sequence[int], *, like: Media) -> Media:
+        """One Media for the rows of several batches (``parts[i]`` holds ``rows[i]`` rows, None: no image), images
+        zero-padded to the most of any row; ``like`` gives the feature shape. What a fusion derived per image
+        (keys/values [b, h, m * n, d_head]) is kept when every part has it, padded the same way."""
+        m = max((p.num_images for p in parts if p is not None), default=0)
+        features, counts = [], []
+        for part, b in zip(parts, rows, strict=True):
+            if part is None:
+                features.append(like.features.new_zeros(b, m, *like.features.shape[2:]))
+                counts.append(like.counts.new_zeros(b))
+            else:
+                pad = m - part.num_images
+                features.append(F.pad(part.features, (0, 0, 0, 0, 0, pad)))
+                counts.append(part.counts)
+        merged = Media(torch.cat(features), torch.cat(counts))
+        if all(p is not None for p in parts):
+            n = like.per_image
+            for key in set.intersection(*(set(p.derived) for p in parts)):
+                merged.derived[key] = tuple(
+                    torch.cat([F.pad(p.derived[key][j], (0, 0, 0, (m - p.num_images) * n))
+                               for p in parts])
+                    for j in range(len(like.derived.get(key, parts[0].derived[key])))
+                )  # fmt: skip
+        return merged
+
+
+@dataclass
+class ModelCache:
+    """What a later call needs to continue a sequence: the LM's KV cache, the media, and the running counts.
+
+    kv: the HF cache of the LM's self-attention; media: the encoded images; placeholders_seen [b]: image
+    positions consumed so far (an image is ``tokens_per_image`` of them); attention_mask [b, S]: 1 for real tokens.
+    """
+
+    kv: DynamicCache
+    media: Media | None
+    placeholders_seen: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.attention_mask.shape[1]
+
+    def select(self, rows: torch.Tensor) -> ModelCache:
+        """Keep (or repeat) the given batch rows, e.g. to drop finished rows or sample several continuations."""
+        kv = DynamicCache()
+        for i, layer in enumerate(self.kv.layers):
+            if layer.keys is not None and layer.keys.numel():
+                kv.update(layer.keys[rows.to(layer.keys.device)], layer.values[rows.to(layer.values.device)], i)
+        media = self.media.select(rows) if self.media is not None else None
+        return ModelCache(kv, media, self.placeholders_seen[rows], self.attention_mask[rows])
+
+    @staticmethod
+    def merge(caches: Sequence[ModelCache]) -> ModelCache:
+        """One cache holding the rows of several, left-padded to the longest: the padding is masked out, and
+        positions come from the mask, so every row continues exactly as it would alone (continuous batching)."""
+        length = max(c.length for c in caches)
+        kv = DynamicCache()
+        for i in range(len(caches[0].kv.layers)):
+            keys, values = [], []
+            for c in caches:
+                layer, pad = c.kv.layers[i], length - c.length
+                keys.append(F.pad(layer.keys, (0, 0, pad, 0)))
+                values.append(F.pad(layer.values, (0, 0, pad, 0)))
+            kv.update(torch.cat(keys), torch.cat(values), i)
+        mask = torch.cat([F.pad(c.attention_mask, (length - c.length, 0)) for c in caches])
+        seen = torch.cat([c.placeholders_seen for c in caches])
+        media = None
+        present = [c.media for c in caches if c.media is not None]
+        if present:
+            media = Media.merge([c.media for c in caches], [c.rows for c in caches], like=present[0])
+        return ModelCache(kv, media, seen, mask)
+
+    @property
+    def rows(self) -> int:
+        return self.attention_mask.shape[0]
+
+    def row(self, i: int) -> ModelCache:
+        """Row ``i`` alone, its left padding dropped: the cache it would have had if it had run alone."""
+        single = self.select(torch.tensor([i]))
+        real = single.attention_mask[0].nonzero()
+        start = int(real[0]) if real.numel() else single.length
+        if start == 0:
+            return single
+        kv = DynamicCache()
+        for j, layer in enumerate(single.kv.layers):
+            kv.update(layer.keys[:, :, start:], layer.values[:, :, start:], j)
+        return ModelCache(kv, single.media, single.placeholders_seen, single.attention_mask[:, start:])
+
+    def crop(self, length: int, *, placeholders_seen: torch.Tensor, media: Media | None) -> ModelCache:
+        """The first ``length`` positions, continuing with ``media`` (e.g. a conversation that added an image);
+        ``placeholders_seen`` [b] counts the image positions among those ``length``."""
+        kv = DynamicCache()
+        for i, layer in enumerate(self.kv.layers):
+            if layer.keys is not None and layer.keys.numel():
+                kv.update(layer.keys[:, :, :length], layer.values[:, :, :length], i)
+        seen = placeholders_seen.to(self.placeholders_seen.device)
+        return ModelCache(kv, media, seen, self.attention_mask[:, :length])
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [b, T, V]
+    cache: ModelCache | None
