@@ -8,6 +8,6 @@ the one decoding loop of ``mmgpt.generate``.
 """
 
 from mmgpt.chat.model import ChatModel
-from mmgpt.chat.session import ChatSession, ContextOverflowError, FinishReason, Reply, Turn
+from mmgpt.chat.session import ChatSession, ContextOverflowError, FinishReason, InvalidMessageError, Reply, Turn
 
-__all__ = ["ChatModel", "ChatSession", "ContextOverflowError", "FinishReason", "Reply", "Turn"]
+__all__ = ["ChatModel", "ChatSession", "ContextOverflowError", "FinishReason", "InvalidMessageError", "Reply", "Turn"]

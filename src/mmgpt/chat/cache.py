@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from mmgpt.chat.model import ChatModel
-from mmgpt.model.contract import Media, ModelCache
+from mmgpt.model.cache import Media, ModelCache
 
 
 class ConversationCache:
@@ -29,6 +29,7 @@ class ConversationCache:
         self.images: tuple[str, ...] = ()
         self.adapter: str | None = None
         self._media: tuple[tuple[str, ...], Media | None] = ((), None)
+        self._pending_media: Media | None = None
 
     def clear(self) -> None:
         self.cache, self.ids, self.images = None, [], ()
@@ -40,27 +41,40 @@ class ConversationCache:
             self._media = (images, Media.of_row([features[key] for key in images]))
         return self._media[1]
 
-    def prefill(
-        self, adapter: str | None, ids: Sequence[int], images: tuple[str, ...], media: Media | None
-    ) -> tuple[torch.Tensor, int]:
-        """Bring the cache to ``ids`` reusing what stays valid; returns (logits [1, V] of the last token, reused)."""
+    def reuse(self, adapter: str | None, ids: Sequence[int], images: tuple[str, ...], media: Media | None) -> int:
+        """Cut the cache back to what stays valid for ``ids`` (and ``images``, ``adapter``); returns how many
+        positions it keeps. What the cache then holds runs on, with ``media``, in :meth:`run`."""
         model = self.chat_model.model
         keep = 0
         if self.cache is not None and self.adapter == adapter:
             keep = model.reusable_prefix(self.ids, self.images, ids, images)
         keep = min(keep, len(ids) - 1)  # the last prompt token runs again: its logits start the answer
         if keep == 0:
-            self.cache = None
+            self.cache, self.ids = None, []
         else:
             seen = sum(1 for t in ids[:keep] if t == model.special.image)
             self.cache = self.cache.crop(keep, placeholders_seen=torch.tensor([seen]), media=media)
-        self.images, self.adapter = images, adapter
-        if self.cache is None:
-            out = self.chat_model.forward(adapter, torch.tensor([list(ids)]), media=media)
-        else:  # the cropped cache carries the media (new images included)
-            out = self.chat_model.forward(adapter, torch.tensor([list(ids[keep:])]), cache=self.cache)
-        self.cache, self.ids = out.cache, list(ids)
-        return out.logits[:, -1], keep
+            self.ids = list(ids[:keep])
+        self.images, self.adapter, self._pending_media = images, adapter, media
+        return keep
+
+    def run(self, ids: Sequence[int]) -> torch.Tensor:
+        """Run prompt ids on the cache (the media of :meth:`reuse` join with the first); returns the logits [1, V]
+        of the last. A long prompt may run in several calls (chunked prefill)."""
+        tokens = torch.tensor([list(ids)])
+        if self.cache is None:  # from position 0; a cropped cache carries the media (new images included)
+            self.cache = ModelCache.start(self._pending_media, device=self.chat_model.model.device)
+        out = self.chat_model.forward(self.adapter, tokens, cache=self.cache)
+        self.cache = out.cache
+        self.ids.extend(tokens[0].tolist())
+        return out.logits[:, -1]
+
+    def prefill(
+        self, adapter: str | None, ids: Sequence[int], images: tuple[str, ...], media: Media | None
+    ) -> tuple[torch.Tensor, int]:
+        """Bring the cache to ``ids`` reusing what stays valid; returns (logits [1, V] of the last token, reused)."""
+        keep = self.reuse(adapter, ids, images, media)
+        return self.run(ids[keep:]), keep
 
     def step(self, tokens: torch.Tensor, _mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run generated tokens [1, k] on the cache; returns the logits [1, V] of the last."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -11,6 +12,9 @@ from transformers import PreTrainedTokenizerBase
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
 from mmgpt.model.contract import Media, ModelCache, ModelOutput, VisionLanguageModel
 from mmgpt.model.lora import adapter_names, lora_layers, select_adapter
+
+if TYPE_CHECKING:
+    from mmgpt.chat.scheduler import Scheduler
 
 DEFAULT_CONTEXT = 2048  # when the LM's config names no maximum
 
@@ -27,6 +31,8 @@ class ChatModel:
     name: str = "mmgpt"
     max_context: int = DEFAULT_CONTEXT
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # When set, every session's turns decode together in one batch (continuous batching, chat/scheduler.py).
+    scheduler: Scheduler | None = field(default=None, repr=False)
     _layers: list = field(default_factory=list, repr=False)
     _active: str | None = field(default=None, repr=False)
 
@@ -46,6 +52,20 @@ class ChatModel:
         if chat._layers:
             select_adapter(model, None, chat._layers)
         return chat
+
+    def start_batching(self, **limits: int) -> Scheduler:
+        """Decode every session's turns together from now on (limits: ``Scheduler``'s max_rows, max_tokens,
+        prefill_chunk); returns the scheduler (``stop_batching`` ends it)."""
+        from mmgpt.chat.scheduler import Scheduler
+
+        if self.scheduler is None:
+            self.scheduler = Scheduler(self, **limits)
+        return self.scheduler
+
+    def stop_batching(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.scheduler = None
 
     @property
     def adapters(self) -> list[str]:

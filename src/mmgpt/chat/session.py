@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmgpt.chat.cache import ConversationCache
 from mmgpt.chat.model import ChatModel
+from mmgpt.chat.scheduler import Job
 from mmgpt.data.conversation import Conversation, ImageRef, Message
 from mmgpt.data.styles import get_style
-from mmgpt.data.tokenize import tokenize_prompt
+from mmgpt.data.tokenize import SampleDropped, tokenize_prompt
 from mmgpt.generate import FinishReason, GenerationConfig, RowText, decode, stop_ids_of, stream_text, suppressed_ids
 
 
 class ContextOverflowError(ValueError):
     """The conversation (plus the tokens to generate) does not fit the context budget."""
+
+
+class InvalidMessageError(ValueError):
+    """A message the model cannot take as written (a literal ``<image>`` in its text); the message says the fix."""
 
 
 @dataclass
@@ -183,7 +189,12 @@ class ChatSession:
         """Checks now (context budget), then returns the stream of the answer."""
         if config.num_return_sequences != 1:
             raise ValueError("a chat turn has one answer; num_return_sequences must be 1")
-        ids = self._fit(turn, config.max_new_tokens)
+        try:
+            ids = self._fit(turn, config.max_new_tokens)
+        except Exception:
+            if turn in self.turns and turn.answer is None:
+                self.turns.remove(turn)  # a turn that cannot run is not kept: the session stays usable
+            raise
         images = tuple(key for t in self.turns for key in t.image_keys)
         # Features of images no longer in the conversation (undone, dropped) are not needed again.
         self._features = {key: self._features[key] for key in images}
@@ -191,14 +202,21 @@ class ChatSession:
         return self._stream(turn, ids, images, config)
 
     def _stream(self, turn: Turn, ids: list[int], images: tuple[str, ...], config: GenerationConfig) -> Iterator[str]:
-        tokenizer = self.chat_model.tokenizer
-        stop_ids = stop_ids_of(tokenizer, config)
-        text = RowText(tokenizer, config.stop_strings)
-        generated: list[int] = []
+        shown: list[str] = []  # the deltas streamed so far: they join to the answer
         finish: FinishReason = "cancelled"
-        reused = 0
+        reused = completion = 0
         try:
             media = self._cache.media_for(images, self._features)
+            scheduler = self.chat_model.scheduler
+            if scheduler is not None:  # decoded in one batch with every other session's turn
+                outcome = yield from _shown(
+                    scheduler.stream(Job(self._cache, self.adapter, ids, images, media, config)), shown
+                )
+                finish, reused, completion = outcome.finish, outcome.reused_tokens, outcome.completion_tokens
+                return
+            tokenizer = self.chat_model.tokenizer
+            stop_ids = stop_ids_of(tokenizer, config)
+            text = RowText(tokenizer, config.stop_strings)
             logits, reused = self._cache.prefill(self.adapter, ids, images, media)
             should_stop = (lambda _row, tokens: (text.update(tokens), text.stopped)[1]) if config.stop_strings else None
             steps = decode(
@@ -210,15 +228,20 @@ class ChatSession:
                 suppress_ids=suppressed_ids(self.chat_model.model, stop_ids),
                 should_stop=should_stop,
             )
-            finish = yield from stream_text(steps, text, stop_ids, generated)
+            generated: list[int] = []
+            finish = yield from _shown(stream_text(steps, text, stop_ids, generated), shown)
+            completion = len(generated)
         finally:
             # Recorded also when the caller stops early (a closed stream): the history stays a valid chat.
-            turn.answer = text.text.strip()
-            self.last = Reply(turn.answer, finish, len(ids), len(generated), reused, len(ids) - reused)
+            turn.answer = "".join(shown).strip()
+            self.last = Reply(turn.answer, finish, len(ids), completion, reused, len(ids) - reused)
 
     def _tokens(self, conversation: Conversation) -> list[int]:
         fmt = self.chat_model.model.prompt_format
-        return tokenize_prompt(conversation, self.chat_model.tokenizer, fmt=fmt).input_ids
+        try:
+            return tokenize_prompt(conversation, self.chat_model.tokenizer, fmt=fmt).input_ids
+        except SampleDropped as dropped:
+            raise InvalidMessageError(f"this message cannot be sent as written: {dropped.detail}") from None
 
     def _fit(self, turn: Turn, max_new_tokens: int) -> list[int]:
         """The prompt's token ids, after dropping the oldest turns if the budget requires (never ``turn``)."""
@@ -253,3 +276,18 @@ class ChatSession:
 
 def _describe(image: ImageRef) -> str:
     return str(image) if isinstance(image, (str, Path)) else "<in-memory image>"
+
+
+def _shown(deltas: Iterator[str], shown: list[str]) -> Generator[str, None, Any]:
+    """Yield the deltas of ``deltas``, keeping each in ``shown``; return what ``deltas`` returns. Closed early (the
+    caller stopped reading), it closes ``deltas`` too: a scheduled job is then cancelled at once."""
+    try:
+        while True:
+            try:
+                delta = next(deltas)
+            except StopIteration as done:
+                return done.value
+            shown.append(delta)
+            yield delta
+    finally:
+        deltas.close()

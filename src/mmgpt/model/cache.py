@@ -88,6 +88,13 @@ class ModelCache:
     placeholders_seen: torch.Tensor
     attention_mask: torch.Tensor
 
+    @classmethod
+    def start(cls, media: Media | None, *, rows: int = 1, device: torch.device | str = "cpu") -> ModelCache:
+        """An empty cache to run a sequence into piece by piece (chunked prefill): a continuation from position 0,
+        so a first chunk need not hold every image's placeholders yet."""
+        empty = torch.zeros(rows, 0, dtype=torch.long, device=device)
+        return cls(DynamicCache(), media, torch.zeros(rows, dtype=torch.long, device=device), empty)
+
     @property
     def length(self) -> int:
         return self.attention_mask.shape[1]
@@ -121,6 +128,16 @@ class ModelCache:
         if present:
             media = Media.merge([c.media for c in caches], [c.rows for c in caches], like=present[0])
         return ModelCache(kv, media, seen, mask)
+
+    def trim(self) -> ModelCache:
+        """Without the leading positions that are padding in every row (left when the longest rows leave)."""
+        start = int(self.attention_mask.any(dim=0).int().argmax()) if bool(self.attention_mask.any()) else 0
+        if start == 0:
+            return self
+        kv = DynamicCache()
+        for j, layer in enumerate(self.kv.layers):
+            kv.update(layer.keys[:, :, start:], layer.values[:, :, start:], j)
+        return ModelCache(kv, self.media, self.placeholders_seen, self.attention_mask[:, start:])
 
     @property
     def rows(self) -> int:
