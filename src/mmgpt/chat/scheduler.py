@@ -151,9 +151,12 @@ class Scheduler:
             self._open.wait()
             try:
                 with torch.no_grad():
-                    self._admit()
-                    if self._prefill is not None:
-                        self._prefill_chunk()
+                    budget = self.prefill_chunk  # prompt tokens prefilled between two decode steps
+                    while budget > 0:
+                        self._admit()
+                        if self._prefill is None:
+                            break
+                        budget -= self._prefill_chunk(budget)
                     if self._rows:
                         self._decode_step()
             except Exception as error:
@@ -174,13 +177,15 @@ class Scheduler:
             reused = job.cache.reuse(job.adapter, job.ids, job.images, job.media)
             self._prefill = (job, reused, reused)
 
-    def _prefill_chunk(self) -> None:
+    def _prefill_chunk(self, budget: int) -> int:
+        """Prefill up to ``budget`` more prompt tokens of the job being prefilled; returns how many ran. A job
+        whose prompt is done samples its first token and joins the batch."""
         job, start, reused = self._prefill
-        end = min(len(job.ids), start + self.prefill_chunk)
+        end = min(len(job.ids), start + budget)
         logits = job.cache.run(job.ids[start:end])
         if end < len(job.ids):
             self._prefill = (job, end, reused)
-            return
+            return end - start
         self._prefill = None
         model = self.chat_model.model
         stop_ids = stop_ids_of(self.chat_model.tokenizer, job.config)
@@ -196,10 +201,11 @@ class Scheduler:
         finish = self._sample(row, logits)
         if finish is not None:
             self._end(row, finish)  # done at its first token: the session's cache is already its own
-            return
+            return end - start
         cache = job.cache.cache
         self._batch = cache if self._batch is None else ModelCache.merge([self._batch, cache])
         self._rows.append(row)
+        return end - start
 
     def _decode_step(self) -> None:
         model = self.chat_model.model
