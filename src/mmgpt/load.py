@@ -82,6 +82,9 @@ LORA_LOADERS = {
     "openflamingo": "mmgpt.model.checkpoints.multimodal_gpt_lora:load_multimodal_gpt_lora",
     "mplug_owl": "mmgpt.model.checkpoints.mplug_owl_release:load_mplug_owl_lora",
 }
+# Key prefixes (inside peft's ``base_model.model.``) of adapters trained with a release's own scripts, which name
+# the LM by the release's attribute: such an adapter is the release's, whatever the model was loaded from.
+ORIGINAL_LORA_PREFIXES = {"mplug_owl": "language_model."}
 # HF directories of releases that ``load(DIR)`` recognises by their config.json's model_type -> preset.
 RELEASE_DIRECTORIES = {"mplug-owl": "mplug-owl-llama-7b"}
 
@@ -181,12 +184,16 @@ def _load_lora(model: VisionLanguageModel, lora: str | Path, cfg: LoraConfig | N
     path = Path(lora)
     if path.is_dir() and (path / ADAPTER_WEIGHTS_FILE).is_file():
         try:
-            read_adapter(path)
+            _, state = read_adapter(path)
         except ValueError:
             pass  # keyed for another wrapper: the release's own layout
         else:
-            load_adapter(model, path)
-            return
+            if not any(key.startswith(ORIGINAL_LORA_PREFIXES["mplug_owl"]) for key in state):
+                load_adapter(model, path)
+                return
+            release = "mplug_owl"  # trained with mPLUG-Owl's own scripts (peft over its whole model)
+    if path.is_dir() and (path / "adapter_model.bin").is_file():
+        release = "mplug_owl"  # the one release whose own adapters are peft directories with a pickled file
     if release not in LORA_LOADERS:
         if path.is_dir() and not (path / ADAPTER_CONFIG_FILE).is_file():
             raise FileNotFoundError(f"lora={path} is a directory without {ADAPTER_CONFIG_FILE}: not a peft adapter")

@@ -32,7 +32,7 @@ def pairs(conversation):
 def test_every_documented_format_has_an_adapter():
     assert set(FORMATS) == {
         "llava", "minigpt4", "aokvqa", "coco_captions", "ocr_vqa", "vqa", "gqa", "dolly", "alpaca", "baize",
-        "interleaved",
+        "interleaved", "mplug_owl",
     }  # fmt: skip
 
 

@@ -267,6 +267,8 @@ def load_named_adapter(model: VisionLanguageModel, path: str | Path, name: str) 
         inject_adapter_in_model(config, model.language_model, adapter_name=name)
     set_lora_state(model, state, source=str(Path(path) / ADAPTER_WEIGHTS_FILE), adapter_name=name)
     model.requires_grad_(False)
+    for layer in lora_layers(model):  # a served adapter runs without dropout, whatever mode the model is in
+        layer.lora_dropout[name].eval()
     select_adapter(model, active)
     return model
 

@@ -16,6 +16,7 @@ from mmgpt.data.sources import (
     interleaved,
     llava,
     minigpt4,
+    mplug_owl,
     ocr_vqa,
     vqa,
 )
@@ -25,7 +26,20 @@ from mmgpt.data.sources.read import SourceStats, read_source
 
 FORMATS: dict[str, SourceFormat] = {
     module.FORMAT.name: module.FORMAT
-    for module in (llava, minigpt4, aokvqa, coco_captions, ocr_vqa, vqa, gqa, dolly, alpaca, baize, interleaved)
+    for module in (
+        llava,
+        minigpt4,
+        mplug_owl,
+        aokvqa,
+        coco_captions,
+        ocr_vqa,
+        vqa,
+        gqa,
+        dolly,
+        alpaca,
+        baize,
+        interleaved,
+    )
 }
 
 __all__ = ["FORMATS", "MalformedRowError", "RowError", "SourceError", "SourceFormat", "SourceStats", "read_source"]

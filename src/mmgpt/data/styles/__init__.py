@@ -15,6 +15,8 @@ from typing import Protocol
 
 from mmgpt.config import ConfigError, closest
 from mmgpt.data.conversation import Conversation
+from mmgpt.data.styles.minigpt4 import MiniGpt4Llama2Style, MiniGpt4Stage1Style, MiniGpt4Style
+from mmgpt.data.styles.mplug_owl import MplugOwlStyle
 from mmgpt.data.styles.multimodal_gpt import MultiModalGptStyle
 from mmgpt.data.templates import Segment
 
@@ -22,6 +24,9 @@ from mmgpt.data.templates import Segment
 class PromptStyle(Protocol):
     name: str
     stop_strings: tuple[str, ...]  # generation stops at these (besides EOS); the answer is cut before them
+    # Whether a BOS starts every sequence (mPLUG-Owl's code prepends one its tokenizer does not add); None: as the
+    # tokenizer does.
+    bos: bool | None
 
     def render(self, conversation: Conversation) -> list[Segment]:
         """Segments of a whole conversation (training); ending with a user message, it is a prompt."""
@@ -40,7 +45,16 @@ class PromptStyle(Protocol):
         ...
 
 
-STYLES: dict[str, PromptStyle] = {style.name: style for style in (MultiModalGptStyle(),)}
+STYLES: dict[str, PromptStyle] = {
+    style.name: style
+    for style in (
+        MultiModalGptStyle(),
+        MiniGpt4Style(),
+        MiniGpt4Stage1Style(),
+        MiniGpt4Llama2Style(),
+        MplugOwlStyle(),
+    )
+}
 
 
 def get_style(name: str) -> PromptStyle:

@@ -15,6 +15,7 @@ class MultiModalGptStyle:
 
     name: str = "multimodal-gpt"
     stop_strings: tuple[str, ...] = ("\n###",)
+    bos: bool | None = None  # as the tokenizer does
 
     def render(self, conversation: Conversation) -> list[Segment]:
         return render(conversation)

@@ -78,7 +78,7 @@ def local_file(path: str | Path, *, what: str) -> Path:
     if local.is_file():
         return local
     parts = str(path).split("/")
-    if local.exists() or len(parts) < 3:
+    if local.exists() or local.is_absolute() or str(path).startswith((".", "~")) or len(parts) < 3:
         raise FileNotFoundError(f"{what} {path} does not exist; pass the path of the downloaded file")
     from huggingface_hub import hf_hub_download
 
