@@ -21,13 +21,20 @@ DEFAULT_BATCH_SIZE = 32
 
 @dataclass(frozen=True)
 class AnswerRequest:
-    """One prompt: its ids (in the model's prompt format), its images [m, 3, H, W] (or None), a token budget and
-    the strings that end its answer."""
+    """One prompt: its ids (in the model's prompt format), its images [m, 3, H, W] (or None), a token budget, and
+    the strings and token ids that end its answer (besides EOS; a stop token is special and never decoded into the
+    text, so a stop string cannot catch it - OpenFlamingo's ``<|endofchunk|>``)."""
 
     input_ids: list[int]
     images: torch.Tensor | None
     max_new_tokens: int
     stop_strings: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def ending(self) -> tuple[int, tuple[str, ...], tuple[int, ...]]:
+        """What a batch must share: the budget and the stops."""
+        return self.max_new_tokens, self.stop_strings, self.stop_token_ids
 
 
 def generate_answers(
@@ -39,20 +46,18 @@ def generate_answers(
     on_progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy generated texts (cut at their stop strings) for ``requests``, in order."""
-    order = sorted(
-        range(len(requests)),
-        key=lambda i: (requests[i].max_new_tokens, requests[i].stop_strings, len(requests[i].input_ids)),
-    )
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].ending, len(requests[i].input_ids)))
     texts = [""] * len(requests)
     start = 0
     while start < len(order):
         first = requests[order[start]]
-        batch = [
-            i
-            for i in order[start : start + batch_size]
-            if (requests[i].max_new_tokens, requests[i].stop_strings) == (first.max_new_tokens, first.stop_strings)
-        ]
-        config = GenerationConfig(max_new_tokens=first.max_new_tokens, temperature=0.0, stop_strings=first.stop_strings)
+        batch = [i for i in order[start : start + batch_size] if requests[i].ending == first.ending]
+        config = GenerationConfig(
+            max_new_tokens=first.max_new_tokens,
+            temperature=0.0,
+            stop_strings=first.stop_strings,
+            stop_token_ids=first.stop_token_ids,
+        )
         outputs = generate(
             model,
             tokenizer,

@@ -59,15 +59,51 @@ class OptimizerConfig:
 
 
 @dataclass
+class BenchmarkValidation:
+    """A published benchmark as a validation metric (``mmgpt.evaluate.validation``), run as ``mmgpt eval`` runs it
+    on its first ``limit`` items: ``benchmark`` (a name of ``mmgpt eval list``), ``data`` (its file), ``images`` (the
+    image root), ``options`` (the reader's other arguments, e.g. ``annotations``), ``prompt`` (``chat``: the model's
+    template; ``fewshot``: OpenFlamingo's text) and ``shots`` (examples from ``support``). Its figures are reported
+    as ``{name}_{figure}`` (``name`` defaults to the benchmark): ``vqav2_vqa_accuracy``, ``pope_pope_f1``..."""
+
+    benchmark: str
+    data: str
+    images: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    limit: int | None = 100
+    shots: int = 0
+    support: str | None = None
+    support_images: str | None = None
+    prompt: Literal["chat", "fewshot"] = "chat"
+    template: str | None = None
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        from mmgpt.evaluate.benchmarks import BENCHMARKS
+
+        if self.benchmark not in BENCHMARKS:
+            raise ConfigError(
+                f"benchmark {self.benchmark!r} is unknown{closest(self.benchmark, BENCHMARKS)}; known: "
+                f"{', '.join(BENCHMARKS)}"
+            )
+        if self.shots < 0 or (self.shots and self.support is None):
+            raise ConfigError(f"{self.benchmark}: shots={self.shots} needs shots >= 0 and, above 0, a support file")
+
+
+@dataclass
 class ValidationConfig:
     """Every ``every`` optimiser steps: the held-out loss over the first ``batches`` batches of ``data`` (the same
     batches each time) and, with ``world`` (a folder of ``mmgpt world generate``), the generation metrics of its
-    first ``world_scenes`` held-out scenes (``world_colour``, ``world_language``, ...: see docs/world.md).
+    first ``world_scenes`` held-out scenes (``world_colour``, ``world_language``, ...: see docs/world.md), and each
+    of ``benchmarks`` (published benchmarks: ``vqav2_vqa_accuracy``, ...: see docs/evaluation.md).
     ``keep_best`` copies the checkpoint with the best ``metric`` (``mode`` min or max) to ``best/``."""
 
     data: DataConfig | None = None
     world: str | None = None
     world_scenes: int = 20
+    benchmarks: list[BenchmarkValidation] = field(default_factory=list)
     every: int = 0  # 0: only at the end
     batches: int = 20
     metric: str = "val_loss"  # any key the validation reports

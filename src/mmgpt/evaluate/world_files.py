@@ -1,0 +1,122 @@
+"""A generated world's held-out scenes as benchmark files in the published layouts, so ``mmgpt eval`` runs every
+benchmark path on data a tiny model knows (and tests run end to end without downloads).
+
+Written under ``OUT`` (images are the world's own, referred to, not copied, except VQAv2's fixed layout)::
+
+    vqav2/v2_OpenEnded_mscoco_val2014_questions.json, v2_mscoco_val2014_annotations.json, val2014/*.jpg
+    coco/dataset_coco.json            Karpathy layout: held-out scenes split "test", training scenes "train"
+    aokvqa/aokvqa_v1p0_val.json       the reasoning question of each held-out scene (its choices, its answer)
+    pope/coco_pope_world.json         per scene: "Is there a {shape} in the image?" for a shape it has and one it lacks
+    language/dolly_heldout.jsonl      the held-out language tasks in Dolly's layout
+
+Support sets (training splits) for in-context examples are the world's training files: ``vqa/`` (VQAv2 layout,
+train2014), ``aokvqa/aokvqa_world_train.json`` and the Karpathy file's train split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmgpt.world.formats import vqa_files
+from mmgpt.world.render import save_scene
+from mmgpt.world.scene import SHAPES, sample_scenes
+from mmgpt.world.tasks import scene_tasks
+from mmgpt.world.write import IMAGES, MANIFEST, load_heldout
+
+SUBTYPE = "val2014"
+VQA_QUESTIONS = f"v2_OpenEnded_mscoco_{SUBTYPE}_questions.json"
+VQA_ANNOTATIONS = f"v2_mscoco_{SUBTYPE}_annotations.json"
+FILES = {
+    "vqav2": f"vqav2/{VQA_QUESTIONS}",
+    "coco": "coco/dataset_coco.json",
+    "aokvqa": "aokvqa/aokvqa_v1p0_val.json",
+    "pope": "pope/coco_pope_world.json",
+    "dolly": "language/dolly_heldout.jsonl",
+}
+
+
+def _dump(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _pope_rows(scenes: list, images: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for scene, image in zip(scenes, images, strict=True):
+        present = sorted({shape.kind for shape in scene.shapes})
+        absent = [kind for kind in SHAPES if kind not in present]
+        probes = [(present[0], "yes")] + ([(absent[0], "no")] if absent else [])
+        for kind, label in probes:
+            rows.append(
+                {
+                    "question_id": len(rows) + 1,
+                    "image": image,
+                    "text": f"Is there a {kind} in the image?",
+                    "label": label,
+                }
+            )
+    return rows
+
+
+def write_world_benchmarks(world: str | Path, out: str | Path, *, limit: int | None = None) -> dict[str, Path]:
+    """Write the held-out scenes (the first ``limit``) of ``world`` as benchmark files under ``out``; returns
+    ``{benchmark: file}`` (the file ``mmgpt eval BENCHMARK --data`` takes; image roots: see the module)."""
+    world, out = Path(world).resolve(), Path(out)
+    heldout = load_heldout(world)
+    scenes, images = heldout.scenes[:limit], heldout.images[:limit]
+    relative = [str(Path(i).resolve().relative_to(world)) for i in images]
+    tasks = [scene_tasks(scene) for scene in scenes]
+
+    questions, annotations = vqa_files(tasks)
+    for document in (questions, annotations):
+        document["data_subtype"] = SUBTYPE
+    for i, scene in enumerate(scenes):
+        save_scene(
+            scene, out / "vqav2" / SUBTYPE / f"COCO_{SUBTYPE}_{i:012d}.jpg", size=heldout.image_size, format="JPEG"
+        )
+    _dump(out / "vqav2" / VQA_QUESTIONS, questions)
+    _dump(out / "vqav2" / VQA_ANNOTATIONS, annotations)
+
+    manifest = json.loads((world / MANIFEST).read_text(encoding="utf-8"))
+    config = manifest["config"]
+    training = sample_scenes(config["seed"], "train", config["scenes"])
+    karpathy = [
+        {"filepath": IMAGES, "filename": f"{s.id}.png", "imgid": k, "split": "train", "sentences": _sentences(s)}
+        for k, s in enumerate(training)
+    ]
+    karpathy += [
+        {"filepath": str(Path(r).parent), "filename": Path(r).name, "imgid": len(training) + k, "split": "test",
+         "sentences": _sentences(s)}
+        for k, (s, r) in enumerate(zip(scenes, relative, strict=True))
+    ]  # fmt: skip
+    _dump(out / FILES["coco"], {"images": karpathy, "dataset": "coco"})
+
+    aokvqa = []
+    for k, (t, r) in enumerate(zip(tasks, relative, strict=True)):
+        q = t.rationale
+        aokvqa.append(
+            {"split": "val", "image_id": k, "question_id": f"heldout{t.scene.id}", "question": q.question,
+             "choices": q.choices, "correct_choice_idx": q.correct, "direct_answers": [q.truth] * 10,
+             "difficult_direct_answer": False, "rationales": q.rationales, "image": r}
+        )  # fmt: skip
+    _dump(out / FILES["aokvqa"], aokvqa)
+
+    pope = out / FILES["pope"]
+    pope.parent.mkdir(parents=True, exist_ok=True)
+    pope.write_text("".join(json.dumps(row) + "\n" for row in _pope_rows(scenes, relative)), encoding="utf-8")
+
+    dolly = out / FILES["dolly"]
+    dolly.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"instruction": t.instruction, "context": t.input, "response": t.output, "category": t.kind}
+        for t in heldout.language[:limit]
+    ]
+    dolly.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return {name: out / file for name, file in FILES.items()}
+
+
+def _sentences(scene) -> list[dict[str, Any]]:
+    captions = scene_tasks(scene).captions
+    return [{"raw": c, "tokens": c.lower().rstrip(".").split()} for c in captions]
