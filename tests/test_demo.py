@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from rich.console import Console
 
 import mmgpt
-from mmgpt.demo import DemoConfig, run_demo
+from mmgpt.demo import DemoConfig, print_next_commands, run_demo
 from mmgpt.embedded import TINY_WORLD
 
 
@@ -21,6 +23,21 @@ def test_the_shipped_tiny_model_loads_by_name_and_is_small():
 def test_the_demo_tunes_the_shipped_base_unless_given_another(tmp_path):
     assert DemoConfig().base_path == TINY_WORLD
     assert DemoConfig(base=tmp_path).base_path == tmp_path
+
+
+def test_the_next_commands_name_the_shipped_model_and_are_never_wrapped(tmp_path):
+    console = Console(record=True, width=40)
+    adapter, image, world = Path("build/demo/run/adapter"), Path("build/demo/new-image.png"), Path("build/demo/world")
+    print_next_commands(console, DemoConfig(), adapter, image, world)
+    lines = console.export_text().splitlines()
+    assert lines == [
+        f"  .venv/bin/mmgpt chat --model tiny-world --adapter {adapter} --image {image}",
+        f"  .venv/bin/mmgpt serve --model tiny-world --adapter tuned={adapter}   # web demo on http://127.0.0.1:8000/",
+        f"evaluate again: .venv/bin/mmgpt eval --model tiny-world --adapter {adapter} --world {world}",
+    ]
+    console = Console(record=True, width=40)
+    print_next_commands(console, DemoConfig(base=tmp_path), adapter, image, world)
+    assert f"chat --model {tmp_path} --adapter" in console.export_text()
 
 
 @pytest.mark.slow

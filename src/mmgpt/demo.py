@@ -144,11 +144,20 @@ def run_demo(cfg: DemoConfig = DemoConfig(), console: Console | None = None) -> 
         console.print()
     console.print(f"[dim](the image really shows: {dense_caption(scene)})[/dim]", highlight=False)
     console.rule("next")
-    adapter = result.output
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s. Chat with the tuned model yourself:")
-    console.print(f"  .venv/bin/mmgpt chat --model {base} --adapter {adapter} --image {image_path}")
-    console.print(
-        f"  .venv/bin/mmgpt serve --model {base} --adapter tuned={adapter}   # web demo on http://127.0.0.1:8000/"
-    )
-    console.print(f"evaluate again: .venv/bin/mmgpt eval --model {base} --adapter {adapter} --world {world}")
+    print_next_commands(console, cfg, result.output, image_path, world)
     return 0
+
+
+def print_next_commands(console: Console, cfg: DemoConfig, adapter: Path, image: Path, world: Path) -> None:
+    """The commands to run next, each on one line however narrow the terminal (a command wrapped in two does not
+    paste into a shell), with the shipped base by its name (``tiny-world``), not its install path."""
+    from mmgpt.embedded import TINY_WORLD_NAME
+
+    model = TINY_WORLD_NAME if cfg.base is None else str(cfg.base)
+    for line in (
+        f"  .venv/bin/mmgpt chat --model {model} --adapter {adapter} --image {image}",
+        f"  .venv/bin/mmgpt serve --model {model} --adapter tuned={adapter}   # web demo on http://127.0.0.1:8000/",
+        f"evaluate again: .venv/bin/mmgpt eval --model {model} --adapter {adapter} --world {world}",
+    ):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)

@@ -219,7 +219,11 @@ def prefill(
 
 class RowText:
     """Decoded text of one row, with the part that is safe to show (no half character, no partial stop string)
-    and, for streaming, the part already shown."""
+    and, for streaming, the part already shown.
+
+    Decoding is incremental over a short window (the tokens since the last settled piece, plus the piece before them
+    for context, as text-generation servers do): text only grows once settled, so what was shown stays a prefix of
+    the text - also when byte tokens form no valid UTF-8 and a decoder would re-render a whole run."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):
         self.tokenizer = tokenizer
@@ -227,14 +231,29 @@ class RowText:
         self.text = ""
         self.stopped = False
         self.shown = ""
+        self._settled = ""
+        self._prefix_offset = 0
+        self._read_offset = 0
 
     def update(self, token_ids: list[int]) -> None:
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        """The row's tokens so far (the same list, grown by appending)."""
+        window = token_ids[self._prefix_offset :]
+        before = self._decode(token_ids[self._prefix_offset : self._read_offset])
+        after = self._decode(window)
+        pending = after[len(before) :] if after.startswith(before) else after
+        if pending and not pending.endswith("\ufffd"):
+            self._settled += pending
+            self._prefix_offset, self._read_offset = self._read_offset, len(token_ids)
+            pending = ""
+        text = self._settled + pending
         for s in self.stop_strings:
             at = text.find(s)
             if at >= 0:
                 text, self.stopped = text[:at], True
         self.text = text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
     def safe(self) -> str:
         """The prefix that can be shown now: it will not change when more tokens arrive."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 from rich.console import Console
 
 from mmgpt.cli import main
@@ -128,10 +129,33 @@ def test_cli_exit_codes(config_path, tmp_path, tokenizer_dir, monkeypatch, capsy
     assert "no data root is set; set 'root:' in the YAML or pass --root DIR" in capsys.readouterr().out
 
 
-def test_decode_images_finds_broken_files(config_path, tmp_path, tokenizer):
-    (tmp_path / "data/cc_sbu_align/image/7.jpg").write_text("<html>not found</html>")
+def test_a_file_that_is_not_an_image_fails_the_default_check_naming_file_row_and_field(
+    config_path, tmp_path, tokenizer
+):
+    image = tmp_path / "data/cc_sbu_align/image/7.jpg"
+    image.write_text("<html>not found</html>")
+    report = check_data(load_data_config(config_path), tokenizer)  # headers are opened by default
+    minigpt4 = by_name(report)["minigpt4"]
+    assert not report.ok and minigpt4.usable == 1 and minigpt4.broken_images == 1
+    assert minigpt4.broken_examples == [
+        f"annotations[1], field 'image_id': {image}: not an image PIL can identify (it looks like text or HTML: "
+        "a failed download saved under an image name?); replace the file (re-download or re-export it)"
+    ]
+    assert "training stops at the first" in minigpt4.fatal and "'on_error: skip' on source 'minigpt4'" in minigpt4.fatal
+    console = Console(width=400, record=True)
+    print_report(report, console)
+    text = console.export_text()
+    listed = f"minigpt4: skipped 1 rows: broken image (e.g. annotations[1], field 'image_id': {image}: not an image"
+    assert listed in text
+    assert "FATAL minigpt4: 1 row(s) with a broken image" in text and "data check failed" in text
+
+
+def test_decode_images_also_finds_files_cut_after_their_header(config_path, tmp_path, tokenizer):
+    image = tmp_path / "data/cc_sbu_align/image/7.jpg"
+    Image.effect_noise((64, 64), 50).convert("RGB").save(image)
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
     cfg = load_data_config(config_path)
-    assert by_name(check_data(cfg, tokenizer))["minigpt4"].usable == 2  # existence is all that is checked
+    assert by_name(check_data(cfg, tokenizer))["minigpt4"].broken_images == 0  # the header is whole
     minigpt4 = by_name(check_data(cfg, tokenizer, decode_images=True))["minigpt4"]
     assert minigpt4.usable == 1 and minigpt4.broken_images == 1
-    assert "7.jpg: not an image PIL can identify" in minigpt4.broken_examples[0]
+    assert "7.jpg: truncated or corrupt (image file is truncated" in minigpt4.broken_examples[0]

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mmgpt.data.images import (
     CLIP_MEAN,
     CLIP_STD,
     CorruptImageError,
+    ImageError,
     ImageTooLargeError,
     ImageTransform,
     MissingImageError,
     load_image,
+    probe_image,
 )
 
 
@@ -163,3 +168,74 @@ def test_transform_rejects_bad_parameters():
         ImageTransform(size=0)
     with pytest.raises(ValueError, match="std > 0"):
         ImageTransform(std=(0.0, 1.0, 1.0))
+
+
+def test_errors_carry_the_problem_and_the_fix_apart_from_the_path(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptImageError) as caught:
+        load_image(empty)
+    error = caught.value
+    assert (error.path, error.problem) == (str(empty), "the file is empty (0 bytes)")
+    assert str(error) == f"{empty}: the file is empty (0 bytes); {error.fix}" and "replace the file" in error.fix
+
+
+def test_a_sliver_is_cropped_without_resizing_it_to_gigapixels():
+    # 1 x 20,000 is within any budget, but its shorter side to 224 would be 224 x 4,480,000 before the crop.
+    sliver = Image.new("RGB", (1, 20_000), (0, 200, 0))
+    out = ImageTransform(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))(sliver)
+    assert out.shape == (3, 224, 224) and torch.allclose(out[1], torch.full((224, 224), 200 / 255), atol=1 / 255)
+
+
+def test_the_probe_reads_the_header_only(tmp_path):
+    noisy = saved(tmp_path, Image.effect_noise((64, 64), 50).convert("RGB"), "cut.png")
+    noisy.write_bytes(noisy.read_bytes()[: noisy.stat().st_size // 2])
+    probe_image(noisy)  # the header is whole: only decoding finds the cut
+    with pytest.raises(CorruptImageError):
+        load_image(noisy)
+    with pytest.raises(ImageTooLargeError, match="over the budget of 100"):
+        probe_image(noisy, max_pixels=100)
+    with pytest.raises(MissingImageError):
+        probe_image(tmp_path / "nope.png")
+
+
+def small_images() -> list[bytes]:
+    out = []
+    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO"):
+        buffer = io.BytesIO()
+        Image.new("RGBA" if fmt == "PNG" else "RGB", (9, 7), (10, 200, 30)).save(buffer, format=fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+@st.composite
+def image_bytes(draw) -> bytes:
+    """Random bytes, or a real small image cut short, with bytes changed, or with random bytes appended."""
+    real = draw(st.sampled_from(small_images()))
+    kind = draw(st.sampled_from(["random", "cut", "changed", "tail"]))
+    if kind == "random":
+        return draw(st.binary(max_size=400))
+    if kind == "cut":
+        return real[: draw(st.integers(0, len(real)))]
+    if kind == "tail":
+        return real + draw(st.binary(max_size=64))
+    data = bytearray(real)
+    for _ in range(draw(st.integers(1, 8))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(image_bytes())
+def test_any_bytes_give_an_rgb_image_or_an_image_error_naming_the_file(tmp_path, data):
+    path = tmp_path / "fuzz.img"
+    path.write_bytes(data)
+    for check in (probe_image, load_image):
+        try:
+            image = check(path, max_pixels=2**20)
+        except ImageError as error:
+            assert error.path == str(path) and error.problem and str(error).startswith(f"{path}: ")
+        else:
+            assert image is None or image.mode == "RGB"

@@ -82,3 +82,12 @@ def test_not_utf8_is_fatal(tmp_path):
     path.write_bytes('["caf\xe9"]'.encode("latin-1"))
     with pytest.raises(SourceError, match="not UTF-8"):
         list(JsonFiles().array(path))
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", ""])
+def test_a_json_line_cut_short_is_reported_at_its_real_column(tmp_path, newline):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"instruction": "abc", "res' + newline, newline="")
+    first, cut = JsonFiles().lines(path)
+    assert first.value == {"a": 1} and cut.where == "line 2"
+    assert isinstance(cut.value, json.JSONDecodeError) and (cut.value.lineno, cut.value.colno) == (1, 24)

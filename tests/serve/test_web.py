@@ -90,3 +90,52 @@ def test_upload_an_image_ask_and_see_a_streamed_answer(browser, chat_model, tmp_
             time.sleep(0.05)
         assert len(seen) >= 3, f"the answer did not stream in (saw {seen!r})"
         assert browser.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="user"] img')  # the image is shown
+
+
+def test_after_a_broken_upload_the_next_message_gets_an_answer(browser, chat_model, tmp_path):
+    """Issue 22: a truncated upload is a warning naming the file (no error state, the bad file dropped, the text kept),
+    the next question is answered, text is shown as written, and a server with adapters opens on the first one."""
+    import io
+
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="JPEG")
+    cut = tmp_path / "holiday.jpg"
+    cut.write_bytes(buffer.getvalue()[:150])  # cut inside its header
+    with live_server(build_app(chat_model, ServeConfig()), free_port()) as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 60)
+        box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea"))
+        assert browser.find_element(By.CSS_SELECTOR, "#model input").get_attribute("value") == "one"
+        assert "answering with its LoRA adapter one" in browser.find_element(By.ID, "intro").text.replace("\n", " ")
+
+        def toasts() -> str:
+            return " ".join(t.text for t in browser.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']"))
+
+        browser.find_element(By.CSS_SELECTOR, "#message input[type=file]").send_keys(str(cut))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#message [data-testid='file-preview'], #message img"))
+        box.send_keys("What is in <b>my</b> photo?")
+        box.send_keys(Keys.ENTER)
+        wait.until(lambda d: "holiday.jpg: truncated or corrupt header" in toasts())
+        assert "attach a complete PNG, JPEG, GIF or WebP file" in toasts() and "/tmp" not in toasts()
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#message img"))  # the bad file is gone
+        assert box.get_attribute("value") == "What is in <b>my</b> photo?"  # the text is kept
+        assert not browser.find_elements(By.CSS_SELECTOR, ".error")  # no component is left in an error state
+
+        box.send_keys(Keys.ENTER)  # the same text again, now without the file: answered
+        users = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="user"]')]  # noqa: E731
+        wait.until(lambda d: users(d) == ["What is in <b>my</b> photo?"])  # shown as written, not as HTML
+        bots = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, '#chatbot [data-testid="bot"]')]  # noqa: E731
+        seen: list[list[str]] = []
+        while len(seen) < 6 or not seen[-1] or seen[-1] != seen[-6]:  # answered, and done streaming
+            seen.append(bots(browser))
+            assert len(seen) < 400, "no answer within 60 s"
+            time.sleep(0.15)
+
+        box.send_keys("where does <image> go?")  # a literal placeholder: refused, shown as written in the toast
+        box.send_keys(Keys.ENTER)
+        wait.until(lambda d: "a literal '<image>'" in toasts())

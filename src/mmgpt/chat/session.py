@@ -9,6 +9,7 @@ streams the answer from the one decoding loop of :mod:`mmgpt.generate`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Generator, Iterator, Sequence
@@ -189,6 +190,9 @@ class ChatSession:
         """Checks now (context budget), then returns the stream of the answer."""
         if config.num_return_sequences != 1:
             raise ValueError("a chat turn has one answer; num_return_sequences must be 1")
+        # The model's prompt style ends an answer where its template would start a new turn (MiniGPT-4's "###").
+        style_stops = get_style(self.chat_model.model.prompt_format.style).stop_strings
+        config = dataclasses.replace(config, stop_strings=tuple(dict.fromkeys((*config.stop_strings, *style_stops))))
         try:
             ids = self._fit(turn, config.max_new_tokens)
         except Exception:

@@ -67,5 +67,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"warning: serving on {config.host} without an API key; anyone who can reach it can use it")
+    print(banner(config, [chat_model.name, *chat_model.adapters]), flush=True)
     serve(chat_model, config)
     return 0
+
+
+def banner(config, models: list[str]) -> str:
+    """The one line that says where everything is: ``mmgpt serve: API http://127.0.0.1:8000/v1 | web demo
+    http://127.0.0.1:8000/ | models: base, adapter...`` (the first model is the base, the rest its adapters)."""
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    root = f"http://{host}:{config.port}"
+    web = f"web demo {root}{config.web_path}" if config.web_path is not None else "no web demo"
+    base, *adapters = models
+    names = base + (f" + adapters {', '.join(adapters)}" if adapters else "")
+    return f"mmgpt serve: API {root}/v1 | {web} | models: {names}"

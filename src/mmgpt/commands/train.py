@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from mmgpt.config import ConfigError
+    from mmgpt.data.sources import MalformedRowError, SourceError
     from mmgpt.train.config import load_train_config
     from mmgpt.train.run import train
     from mmgpt.train.trainer import TrainingError
@@ -33,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (MalformedRowError, SourceError) as error:
+        # Bad data (a malformed row, a broken image, an unreadable file): the one message `mmgpt data check` prints.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {result.steps} steps; trained weights in {result.output}")
     return 0

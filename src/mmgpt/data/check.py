@@ -1,10 +1,13 @@
 """``mmgpt data check``: stream every source of a DataConfig and report what training would get.
 
-Per source: rows, conversations kept, rows skipped and why, missing images, token-length percentiles (before
-truncation), truncated samples, fully masked samples (dropped: they would train on nothing), ``<image>``
-mismatches, and the share of its stream after caps and drops. Fatal problems - an unreadable file, a
-malformed row on a source that does not skip them, a source with nothing usable, no language data while
-``language_ratio`` asks for some - make :attr:`CheckReport.ok` false (the CLI then exits 1).
+Per source: rows, conversations kept, rows skipped and why, missing and broken images, token-length percentiles
+(before truncation), truncated samples, fully masked samples (dropped: they would train on nothing), ``<image>``
+mismatches, and the share of its stream after caps and drops. Every image's header is opened (a file that is not
+an image, is empty, cut inside its header or over the pixel budget is a broken image, listed by file, row and
+field); ``decode_images`` decodes each one whole, which also finds files cut short after the header. Fatal problems
+- an unreadable file, a malformed row or a broken image on a source that does not skip them (training would stop
+there), a source with nothing usable, no language data while ``language_ratio`` asks for some - make
+:attr:`CheckReport.ok` false (the CLI then exits 1).
 
 Rows are tokenised in chunks with one tokenizer call each; nothing is kept in memory beyond the lengths.
 """
@@ -14,13 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.config import ConfigError, DataConfig, SourceConfig
-from mmgpt.data.conversation import Conversation
-from mmgpt.data.images import ImageError, load_image
+from mmgpt.data.images import ImageError, load_image, probe_image
 from mmgpt.data.mixture import cap_indices
 from mmgpt.data.sources import MalformedRowError, SourceError, SourceStats, read_source
 from mmgpt.data.tokenize import ConversationTokenizer, SampleDropped
@@ -43,12 +46,18 @@ class SourceReport:
     lengths: list[int] = field(default_factory=list)
     truncated: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    broken_images: int = 0
-    broken_examples: list[str] = field(default_factory=list)
     used: int = 0
     share: float = 0.0
     seconds: float = 0.0
     fatal: str | None = None
+
+    @property
+    def broken_images(self) -> int:
+        return self.stats.broken_images
+
+    @property
+    def broken_examples(self) -> list[str]:
+        return self.stats.examples.get("broken image", [])
 
     @property
     def usable(self) -> int:
@@ -100,41 +109,47 @@ def _check_source(
 ) -> SourceReport:
     report = SourceReport(source, group, SourceStats(source.name))
     start = time.perf_counter()
-    seen_images: set[str] = set()
+    check_image = _image_checker(load_image if decode_images else probe_image, cfg.max_image_pixels)
     try:
-        conversations = read_source(source, resolve=cfg.resolve, stats=report.stats, on_progress=on_progress)
+        conversations = read_source(
+            source, resolve=cfg.resolve, stats=report.stats, check_image=check_image, on_progress=on_progress
+        )
         for chunk in _chunks(conversations, CHUNK):
-            for conversation, result in zip(chunk, tokenize.many(chunk), strict=True):
+            for result in tokenize.many(chunk):
                 if isinstance(result, SampleDropped):
                     report.dropped[result.reason] = report.dropped.get(result.reason, 0) + 1
-                    continue
-                if decode_images and not _images_decode(conversation, report, seen_images, cfg.max_image_pixels):
                     continue
                 report.lengths.append(result.full_length)
                 report.truncated += result.truncated
     except (SourceError, MalformedRowError, ConfigError, OSError) as error:
         report.fatal = str(error)
     report.seconds = time.perf_counter() - start
+    if report.fatal is None and report.broken_images and source.on_error == "raise":
+        report.fatal = (
+            f"{report.broken_images:,} row(s) with a broken image (examples above); training stops at the first: "
+            f"replace those images, or set 'on_error: skip' on source {source.name!r} to skip and count them"
+        )
     if report.fatal is None and report.usable == 0:
         report.fatal = f"source {source.name!r} has no usable sample: see its skipped and dropped counts"
     return report
 
 
-def _images_decode(conversation: Conversation, report: SourceReport, seen: set[str], max_pixels: int) -> bool:
-    ok = True
-    for image in conversation.images:
+def _image_checker(check: Callable[..., object], max_pixels: int) -> Callable[[Path], None]:
+    """``check`` (probe or decode) once per distinct image; a row that reuses a broken image fails again."""
+    seen: dict[str, ImageError | None] = {}
+
+    def check_image(image: Path) -> None:
         key = str(image)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            load_image(image, max_pixels=max_pixels)
-        except ImageError as error:
-            ok = False
-            report.broken_images += 1
-            if len(report.broken_examples) < 3:
-                report.broken_examples.append(str(error))
-    return ok
+        if key not in seen:
+            try:
+                check(image, max_pixels=max_pixels)
+                seen[key] = None
+            except ImageError as error:
+                seen[key] = error
+        if seen[key] is not None:
+            raise seen[key]
+
+    return check_image
 
 
 def _shares(reports: list[SourceReport], seed: int) -> None:
@@ -237,9 +252,6 @@ def print_report(report: CheckReport, console: Console) -> None:
             console.print(f"[yellow]{name}[/]: skipped {count:,} rows: {escape(reason)} (e.g. {examples})")
         for reason, count in sorted(r.dropped.items()):
             console.print(f"[yellow]{name}[/]: dropped {count:,} samples: {reason.replace('_', ' ')}")
-        if r.broken_images:
-            examples = escape("; ".join(r.broken_examples))
-            console.print(f"[yellow]{name}[/]: {r.broken_images:,} broken images (e.g. {examples})")
         if r.fatal:
             console.print(f"[red]FATAL[/] {name}: {escape(r.fatal)}")
     for problem in report.fatal:

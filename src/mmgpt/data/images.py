@@ -1,9 +1,11 @@
 """Images: decode, validate, and the CLIP transform. The only module of the project that touches PIL.
 
 ``load_image`` turns a reference (a path or a PIL image) into an RGB image or raises an :class:`ImageError`
-that names the file and the fix: missing, not an image at all (an HTML error page saved as ``.jpg`` is the
+that names the file and the fix: missing, empty, not an image at all (an HTML error page saved as ``.jpg`` is the
 classic), truncated or corrupt, or larger than the pixel budget (a decompression bomb decodes a few KB into
-gigabytes). Palettes, grey levels, 16-bit grey, CMYK and alpha are converted to RGB (alpha is composited
+gigabytes). No other exception escapes it for a file's content, whatever the bytes (a fuzz test checks).
+``probe_image`` does the cheap part only (the header: `mmgpt data check` runs it on every image by default).
+Palettes, grey levels, 16-bit grey, CMYK and alpha are converted to RGB (alpha is composited
 on white, as a viewer shows it); EXIF orientation is applied so a phone photo is seen upright.
 
 ``ImageTransform`` is a vision encoder's preprocessing, built from what the encoder declares
@@ -17,6 +19,7 @@ torch); the arithmetic matches torchvision's ``Resize`` + ``CenterCrop`` on PIL 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +37,17 @@ DEFAULT_MAX_PIXELS = 64 * 2**20
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _EXIF_ORIENTATION = 0x0112
+_MAX_ASPECT = 16  # beyond this aspect ratio the crop transform resizes only what it keeps
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; ``path`` names it (``"<in-memory image>"`` for a PIL image)."""
+    """An image that cannot be used. ``path`` names it (``"<in-memory image>"`` for a PIL image), ``problem`` says
+    what is wrong without the path, ``fix`` what a user with access to the file can do (a server answering a
+    client words its own fix: the client cannot re-download the server's files)."""
 
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
+    def __init__(self, path: str, problem: str, fix: str = "") -> None:
+        super().__init__(f"{path}: {problem}" + (f"; {fix}" if fix else ""))
+        self.path, self.problem, self.fix = path, problem, fix
 
 
 class MissingImageError(ImageError, FileNotFoundError):
@@ -53,11 +59,16 @@ class ImageTooLargeError(ImageError):
 
 
 class CorruptImageError(ImageError):
-    """Not an image, an unknown format, or a truncated or damaged file."""
+    """Not an image, an unknown format, a truncated or damaged file, or one that cannot be read."""
 
 
 def _describe(image: ImageRef) -> str:
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else "<in-memory image>"
+
+
+_TOO_LARGE_FIX = "shrink the image, or raise max_pixels if you trust the file"
+_REPLACE_FIX = "replace the file (re-download or re-export it)"
+_PIL_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
 
 
 def _check_budget(image: Image.Image, where: str, max_pixels: int) -> None:
@@ -66,7 +77,8 @@ def _check_budget(image: Image.Image, where: str, max_pixels: int) -> None:
         raise ImageTooLargeError(
             where,
             f"{width}x{height} = {width * height:,} pixels is over the budget of {max_pixels:,} "
-            "(a possible decompression bomb); shrink the image or raise max_pixels if you trust the file",
+            "(a possible decompression bomb)",
+            _TOO_LARGE_FIX,
         )
 
 
@@ -93,11 +105,61 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
+def _open(path: Path, where: str, max_pixels: int) -> Image.Image:
+    """The opened (not yet decoded) image, its size checked against the budget; every failure an ImageError.
+
+    PIL raises many kinds of errors on hostile files - UnidentifiedImageError, a plain OSError ("Truncated File
+    Read") or SyntaxError while reading the header, DecompressionBombError past its own global limit - so
+    everything except our own errors becomes a :class:`CorruptImageError` naming the file."""
+    if not path.is_file():
+        raise MissingImageError(where, "no such file", "check the image root of this source")
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as error:
+        found = _PIL_BOMB_SIZE.search(str(error))
+        size = f"{int(found.group(1)):,} pixels" if found else "its declared size"
+        raise ImageTooLargeError(
+            where, f"{size} is over the budget of {max_pixels:,} (a decompression bomb)", _TOO_LARGE_FIX
+        ) from None
+    except UnidentifiedImageError:
+        with path.open("rb") as f:
+            head = f.read(64)
+        if not head:
+            raise CorruptImageError(where, "the file is empty (0 bytes)", _REPLACE_FIX) from None
+        textual = all(32 <= b < 127 or b in b"\r\n\t" for b in head)
+        hint = " (it looks like text or HTML: a failed download saved under an image name?)" if textual else ""
+        raise CorruptImageError(where, "not an image PIL can identify" + hint, _REPLACE_FIX) from None
+    except PermissionError as error:
+        raise CorruptImageError(where, f"cannot be read ({error.strerror})", "check the file's permissions") from None
+    except Exception as error:
+        raise CorruptImageError(
+            where, f"truncated or corrupt header ({error or type(error).__name__})", _REPLACE_FIX
+        ) from None
+    try:
+        _check_budget(opened, where, max_pixels)
+    except ImageError:
+        opened.close()
+        raise
+    return opened
+
+
+def probe_image(image: ImageRef, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Open ``image``'s header only (milliseconds, no decoding): raises the :class:`ImageError` of a missing file,
+    a file that is not an image, a header cut short or an image over the pixel budget. A file cut short after
+    its header passes; :func:`load_image` finds it."""
+    if isinstance(image, Image.Image):
+        _check_budget(image, _describe(image), max_pixels)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns of broken EXIF blocks and of sizes near its own limit
+        _open(Path(image), _describe(image), max_pixels).close()
+
+
 def load_image(image: ImageRef, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``image`` to an upright RGB ``PIL.Image`` or raise an :class:`ImageError` subclass.
 
     An in-memory PIL image is checked and converted the same way; it is never modified (the result may be the
-    same object when nothing needs converting).
+    same object when nothing needs converting). Animated images give their first frame.
     """
     where = _describe(image)
     if isinstance(image, Image.Image):
@@ -107,35 +169,19 @@ def load_image(image: ImageRef, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
         return _to_rgb(image)
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"an image reference is a path or a PIL image, got {type(image).__name__}")
-
-    path = Path(image)
-    if not path.is_file():
-        raise MissingImageError(where, "no such file; check the image root of this source")
-    try:
-        # PIL warns past its own (global) limit at open time; we enforce our budget ourselves just below.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(where, f"refused as a decompression bomb ({error})") from None
-    except UnidentifiedImageError:
-        head = path.read_bytes()[:64]
-        hint = " (it looks like text or HTML: a failed download saved under an image name?)"
-        looks_textual = head and all(32 <= b < 127 or b in b"\r\n\t" for b in head)
-        raise CorruptImageError(
-            where, "not an image PIL can identify" + (hint if looks_textual else "") + "; re-download it"
-        ) from None
-    with opened:
-        _check_budget(opened, where, max_pixels)
-        try:
-            opened.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise CorruptImageError(where, f"truncated or corrupt ({error}); re-download it") from None
-        if _orientation(opened) != 1:
-            ImageOps.exif_transpose(opened, in_place=True)
-        rgb = _to_rgb(opened)
-        # The returned image must not depend on the file, which closes here.
-        return rgb.copy() if rgb is opened else rgb
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns of broken EXIF blocks and of sizes near its own limit
+        with _open(Path(image), where, max_pixels) as opened:
+            try:
+                opened.load()
+                if _orientation(opened) != 1:
+                    ImageOps.exif_transpose(opened, in_place=True)
+                rgb = _to_rgb(opened)
+                # The returned image must not depend on the file, which closes here.
+                return rgb.copy() if rgb is opened else rgb
+            except Exception as error:  # PIL's decoders raise OSError, SyntaxError, ValueError, EOFError...
+                problem = f"truncated or corrupt ({error or type(error).__name__})"
+                raise CorruptImageError(where, problem, _REPLACE_FIX) from None
 
 
 RESIZE_MODES = ("crop", "squash")
@@ -167,6 +213,14 @@ class ImageTransform:
         short, long = (width, height) if width <= height else (height, width)
         new_long = int(self.size * long / short)  # torchvision's rounding (truncation), for equal pixels
         new_size = (self.size, new_long) if width <= height else (new_long, self.size)
+        if new_long > _MAX_ASPECT * self.size:
+            # A sliver (1 x 16M pixels is within budget) would resize to gigapixels before the crop: resize only
+            # the source box that the centre crop keeps (the same sampling positions; within 1/255 of the above).
+            left = round((new_size[0] - self.size) / 2.0)
+            top = round((new_size[1] - self.size) / 2.0)
+            sx, sy = width / new_size[0], height / new_size[1]
+            box = (left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy)
+            return image.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box)
         if new_size != image.size:
             image = image.resize(new_size, Image.Resampling.BICUBIC)
         width, height = image.size

@@ -40,11 +40,13 @@ DEFAULT_MAX_LENGTH = 512  # the paper's maximum tokens per sample
 
 
 class SampleDropped(ValueError):
-    """A conversation that yields no trainable sample; ``reason`` says why (see the module docstring)."""
+    """A conversation that yields no trainable sample; ``reason`` says why (see the module docstring), ``detail``
+    the problem and the fix without naming the conversation (``where``), for faces that show it to its author."""
 
-    def __init__(self, reason: DropReason, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, reason: DropReason, where: str, detail: str) -> None:
+        super().__init__(f"{where}: {detail}")
         self.reason: DropReason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,9 @@ class ConversationTokenizer:
     """Tokenises conversations with one tokenizer in one prompt format; build it once.
 
     ``fmt``: the model's prompt style and image ids (``model.prompt_format``; the default is MultiModal-GPT's style
-    with the tokenizer's ``<image>`` token). ``add_bos=None`` follows the tokenizer: a BOS is prepended when the
-    tokenizer itself prepends one (LLaMA does; GPT-NeoX and MPT tokenizers do not).
+    with the tokenizer's ``<image>`` token). ``add_bos=None`` follows the prompt style when it says (a style's
+    ``bos`` attribute: mPLUG-Owl's training code prepended BOS although its tokenizer adds none), else the
+    tokenizer: a BOS is prepended when the tokenizer itself prepends one (LLaMA does; GPT-NeoX and MPT do not).
     """
 
     def __init__(
@@ -100,6 +103,8 @@ class ConversationTokenizer:
         self.image_id = self.image_tokens[0]
         self.eos_id = tokenizer.eos_token_id
         bos = tokenizer.bos_token_id
+        if add_bos is None:
+            add_bos = self.style.bos
         if add_bos is None:
             probe = tokenizer("a")["input_ids"]
             add_bos = bos is not None and bool(probe) and probe[0] == bos
@@ -157,7 +162,8 @@ class ConversationTokenizer:
         if n_tokens != len(images) * per_image:
             raise SampleDropped(
                 "image_mismatch",
-                f"{where}: {n_tokens // per_image} <image> tokens for {len(images)} images; the text itself contains "
+                where,
+                f"{n_tokens // per_image} <image> tokens for {len(images)} images; the text itself contains "
                 "a literal '<image>' - remove it from the message text and attach the image to the message instead",
             )
         full_length = len(input_ids)
@@ -171,7 +177,8 @@ class ConversationTokenizer:
         if train and labels.count(IGNORE_INDEX) == len(labels):
             raise SampleDropped(
                 "fully_masked",
-                f"{where}: no response token left within max_length={self.max_length} "
+                where,
+                f"no response token left within max_length={self.max_length} "
                 f"(the sample has {full_length} tokens); raise max_length or shorten the prompt",
             )
         return TokenizedSample(

@@ -5,6 +5,11 @@ over the context is an error, as with OpenAI, never silently shortened). The mod
 and takes the model lock one step at a time, so requests for different adapters interleave without mixing; the
 :class:`~mmgpt.serve.limits.Admission` gate bounds how many run and wait. A streaming client that disconnects
 stops its generation at the next token and frees its slot.
+
+Bad input never reaches a 5xx: every refusal is a 4xx in OpenAI's shape naming the bad value (an unreadable image
+by its place in the request, never by a server path), the first token is computed before the response starts (a
+failure then is still a proper status, not an error event after a 200), and anything unexpected is a JSON 500
+with a request id (``errors.CatchAll``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import re
 import tempfile
 import time
 import uuid
@@ -20,14 +26,17 @@ from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, Reply
-from mmgpt.data.images import ImageError, ImageTooLargeError
-from mmgpt.serve.chat_request import ChatRequest, parse_chat_request
-from mmgpt.serve.errors import APIError, api_error_handler, bad_request
+from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, InvalidMessageError, Reply
+from mmgpt.data.images import ImageError, ImageTooLargeError, probe_image
+from mmgpt.serve.chat_request import ChatRequest, parse_chat_request, show
+from mmgpt.serve.errors import APIError, CatchAll, api_error_handler, bad_request, internal_error, log, new_request_id
 from mmgpt.serve.limits import Admission, ServeLimits
+
+MAX_JSON_DEPTH = 32  # a chat request nests 7 levels; a thousand-deep body is refused before anything recurses
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key: str | None = None) -> None:
@@ -36,6 +45,7 @@ def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key
     app.state.admission = admission
     app.add_exception_handler(APIError, api_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(CatchAll, prefix="/v1")
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -59,7 +69,7 @@ def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key
         adapter = _adapter(chat_model, parsed.model)
         await admission.acquire()
         try:
-            session, stream = await anyio.to_thread.run_sync(_start, chat_model, parsed, adapter, limits)
+            session, stream, first = await anyio.to_thread.run_sync(_start, chat_model, parsed, adapter, limits)
         except BaseException:
             admission.release()
             raise
@@ -71,7 +81,7 @@ def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key
                 admission.release()
             return JSONResponse(_completion(parsed.model, session.last))
         return StreamingResponse(
-            _events(request, parsed, session, stream, admission),
+            _events(request, parsed, session, stream, first, admission),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -89,7 +99,7 @@ def _adapter(chat_model: ChatModel, model: str) -> str | None:
         return model
     known = [chat_model.name, *chat_model.adapters]
     raise APIError(
-        404, f"model {model!r} does not exist; this server has {known}", param="model", code="model_not_found"
+        404, f"model {show(model)} does not exist; this server has {known}", param="model", code="model_not_found"
     )
 
 
@@ -105,12 +115,42 @@ async def _read_json(request: Request, limit: int) -> object:
             raise too_large
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise bad_request(f"the request body is not valid JSON ({error})", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request(
+            f"the request body nests too deep to read; a chat request needs at most {MAX_JSON_DEPTH} levels",
+            code="invalid_json",
+        ) from None
+    _check_strings(body)
+    return body
 
 
-async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+def _check_strings(body: object) -> None:
+    """Refuse bodies nested deeper than MAX_JSON_DEPTH and text with lone UTF-16 surrogates ("\\ud800": JSON allows
+    the escape, UTF-8 and the tokenizers do not). Iterative, so a hostile body cannot exhaust the stack."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(
+                f"the request body nests more than {MAX_JSON_DEPTH} levels deep; a chat request needs about 7",
+                code="invalid_json",
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and (found := _SURROGATE.search(value)):
+            raise bad_request(
+                f"the request body holds a lone UTF-16 surrogate ({found.group()!r} at character {found.start()} "
+                f"of {show(value)}), which is not text; send valid Unicode (pair surrogates, or use UTF-8)",
+                code="invalid_text",
+            )
+
+
+async def _http_error(_request: Request, error: StarletteHTTPException) -> Response:
     return APIError(error.status_code, str(error.detail), code=None).response()
 
 
@@ -131,38 +171,52 @@ def _fetch(url: str, limits: ServeLimits) -> bytes:
         raise bad_request(f"could not fetch the image {url}: {error}", param="messages") from None
 
 
+def _image_error(error: ImageError, number: int, where: str, limits: ServeLimits) -> APIError:
+    """The client's view of an unreadable image: its place in the request and the problem, never the server's
+    temporary path, and a fix the client can act on."""
+    if isinstance(error, ImageTooLargeError):
+        message = (
+            f"image {number} ({where}): {error.problem}; this server takes at most {limits.max_image_pixels:,} "
+            "pixels per image: send a smaller image"
+        )
+        return APIError(413, message, param="messages", code="image_too_large")
+    message = f"image {number} ({where}): {error.problem}; send a complete PNG, JPEG, GIF or WebP file"
+    return bad_request(message, param="messages", code="invalid_image")
+
+
 def _start(
     chat_model: ChatModel, parsed: ChatRequest, adapter: str | None, limits: ServeLimits
-) -> tuple[ChatSession, Iterator[str]]:
-    """Decode and encode the images, render the conversation, check the context; return the answer's stream."""
+) -> tuple[ChatSession, Iterator[str], str | None]:
+    """Decode and encode the images, render the conversation, check the context and compute the first piece of
+    the answer (None: it is empty); return the session, the answer's stream and that first piece."""
     session = ChatSession(chat_model, adapter=adapter, drop_oldest=False)
     turns = []
+    places: dict[str, tuple[int, str]] = {}  # temporary file -> (image number, where in the request)
     with tempfile.TemporaryDirectory(prefix="mmgpt-images-") as folder:
-        count = 0
-        for user in parsed.turns:
-            paths = []
-            for image in user.images:
-                data = _fetch(image, limits) if isinstance(image, str) else image
-                if len(data) > limits.max_image_bytes:
-                    raise APIError(413, f"image {count + 1} is over {limits.max_image_bytes:,} bytes")
-                count += 1
-                # load_image (the one place that decodes images) reads files; the file lives for this call only.
-                path = Path(folder) / f"image-{count}"
-                path.write_bytes(data)
-                paths.append(path)
-            try:
+        try:
+            for user in parsed.turns:
+                paths = []
+                for image, where in zip(user.images, user.image_params, strict=True):
+                    data = _fetch(image, limits) if isinstance(image, str) else image
+                    number = len(places) + 1
+                    path = Path(folder) / f"image-{number}"
+                    places[str(path)] = (number, where)
+                    if len(data) > limits.max_image_bytes:
+                        raise APIError(413, f"image {number} ({where}) is over {limits.max_image_bytes:,} bytes")
+                    # load_image (the one place that decodes images) reads files; this one lives for this call only.
+                    path.write_bytes(data)
+                    probe_image(path, max_pixels=limits.max_image_pixels)  # the server's budget, whatever the model's
+                    paths.append(path)
                 turn = session.make_turn(user.text, paths)
-            except ImageTooLargeError as error:
-                raise APIError(413, f"image {count}: {error}", param="messages", code="image_too_large") from None
-            except ImageError as error:
-                raise bad_request(f"image {count}: {error}", param="messages", code="invalid_image") from None
-            turn.answer = user.answer
-            turns.append(turn)
+                turn.answer = user.answer
+                turns.append(turn)
+        except ImageError as error:
+            raise _image_error(error, *places.get(error.path, (0, "messages")), limits) from None
     session.load_turns(turns)
-    prompt = session.prompt_length()
-    room = session.context_budget - prompt
-    max_new = parsed.max_tokens or min(limits.default_max_tokens, room)
     try:
+        prompt = session.prompt_length()
+        room = session.context_budget - prompt
+        max_new = parsed.max_tokens or min(limits.default_max_tokens, room)
         if max_new < 1:
             raise ContextOverflowError(
                 f"the prompt has {prompt} tokens, which leaves no room to answer in the context of "
@@ -171,7 +225,14 @@ def _start(
         stream = session.respond(dataclasses.replace(parsed.config, max_new_tokens=max_new))
     except ContextOverflowError as error:
         raise bad_request(str(error), param="messages", code="context_length_exceeded") from None
-    return session, stream
+    except InvalidMessageError as error:
+        raise bad_request(str(error), param="messages", code="invalid_content") from None
+    try:
+        first = next(stream, None)  # errors of the first step still get a status of their own
+    except BaseException:
+        stream.close()
+        raise
+    return session, stream, first
 
 
 def _drain(stream: Iterator[str]) -> None:
@@ -207,7 +268,12 @@ def _completion(model: str, reply: Reply) -> dict:
 
 
 async def _events(
-    request: Request, parsed: ChatRequest, session: ChatSession, stream: Iterator[str], admission: Admission
+    request: Request,
+    parsed: ChatRequest,
+    session: ChatSession,
+    stream: Iterator[str],
+    first: str | None,
+    admission: Admission,
 ) -> AsyncIterator[str]:
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time())}
     base["model"] = parsed.model
@@ -218,7 +284,9 @@ async def _events(
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        while True:
+        if first is not None:
+            yield chunk({"content": first})
+        while first is not None:
             # One token's work per call; a cancelled request waits for it, then stops here.
             delta = await anyio.to_thread.run_sync(next, stream, None)
             if delta is None:
@@ -231,8 +299,10 @@ async def _events(
         if parsed.include_usage:
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(reply)})}\n\n"
         yield "data: [DONE]\n\n"
-    except Exception as error:  # headers are sent: report in the stream, in OpenAI's shape
-        yield f"data: {json.dumps(APIError(500, f'generation failed: {error}', type='server_error').body())}\n\n"
+    except Exception:  # headers are sent: report in the stream, in OpenAI's shape
+        request_id = new_request_id()
+        log.exception("request %s: the stream failed", request_id)
+        yield f"data: {json.dumps(internal_error(request_id).body())}\n\n"
     finally:
         stream.close()
         admission.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
@@ -21,7 +23,16 @@ class ServeConfig:
 
 
 def build_app(chat_model: ChatModel, config: ServeConfig) -> FastAPI:
-    app = FastAPI(title="mmgpt", docs_url=None, redoc_url=None, openapi_url=None)
+    on_shutdown: list[Callable[[], object]] = []
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so atexit handlers never run: clean up here.
+        for cleanup in on_shutdown:
+            cleanup()
+
+    app = FastAPI(title="mmgpt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     add_api(app, chat_model, config.limits, api_key=config.api_key)
 
     @app.get("/health")
@@ -34,6 +45,7 @@ def build_app(chat_model: ChatModel, config: ServeConfig) -> FastAPI:
         from mmgpt.serve.web import build_demo
 
         demo = build_demo(chat_model)
+        on_shutdown.append(demo.cleanup)  # its example pictures' temporary folder
         # Mounted last, so /v1 and /health match first even when the demo sits at "/".
         gr.mount_gradio_app(
             app,

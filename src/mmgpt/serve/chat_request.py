@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,14 @@ from mmgpt.serve.errors import APIError, bad_request
 from mmgpt.serve.limits import ServeLimits
 
 MAX_STOP_STRINGS = 4  # as OpenAI
+SEED_RANGE = (-(2**63), 2**64)  # what torch's generator takes: int64 and uint64 seeds
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel = 60, 60, 3
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` cut short (a hostile body can hold megabytes of text or lists nested a thousand deep)."""
+    return _SHOW.repr(value)
 
 
 @dataclass
@@ -26,6 +35,7 @@ class UserTurn:
     text: str
     images: list[bytes | str] = field(default_factory=list)  # decoded bytes, or an http(s) URL to fetch
     answer: str | None = None
+    image_params: list[str] = field(default_factory=list)  # where each image is in the request: messages[i].content[j]
 
 
 @dataclass
@@ -43,7 +53,7 @@ def _number(body: dict, name: str, default: float, low: float, high: float) -> f
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise bad_request(f"{name}={value!r} must be a number in [{low}, {high}]", param=name)
+        raise bad_request(f"{name}={show(value)} must be a number in [{low}, {high}]", param=name)
     return float(value)
 
 
@@ -71,16 +81,16 @@ def _image(part: dict, where: str, limits: ServeLimits) -> bytes | str:
                 param="messages",
             )
         return url
-    raise bad_request(f"{where}: image URL scheme {scheme!r} is not accepted; use a data: URL", param="messages")
+    raise bad_request(f"{where}: image URL scheme {show(scheme)} is not accepted; use a data: URL", param="messages")
 
 
-def _content(message: dict, i: int, limits: ServeLimits) -> tuple[str, list[bytes | str]]:
+def _content(message: dict, i: int, limits: ServeLimits) -> tuple[str, list[bytes | str], list[str]]:
     content = message.get("content")
     if isinstance(content, str):
-        return content, []
+        return content, [], []
     if not isinstance(content, list):
         raise bad_request(f"messages[{i}].content must be a string or a list of parts", param="messages")
-    texts, images = [], []
+    texts, images, wheres = [], [], []
     for j, part in enumerate(content):
         where = f"messages[{i}].content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
@@ -88,9 +98,10 @@ def _content(message: dict, i: int, limits: ServeLimits) -> tuple[str, list[byte
             texts.append(part["text"])
         elif kind == "image_url":
             images.append(_image(part, where, limits))
+            wheres.append(where)
         else:
             raise bad_request(f"{where}: parts are {{'type': 'text', 'text': ...}} or 'image_url'", param="messages")
-    return "\n".join(texts), images
+    return "\n".join(texts), images, wheres
 
 
 def _turns(messages: Any, limits: ServeLimits) -> list[UserTurn]:
@@ -102,8 +113,8 @@ def _turns(messages: Any, limits: ServeLimits) -> list[UserTurn]:
         if role in ("system", "developer"):
             continue
         if role not in ("user", "assistant"):
-            raise bad_request(f"messages[{i}].role={role!r} must be user, assistant or system", param="messages")
-        text, images = _content(message, i, limits)
+            raise bad_request(f"messages[{i}].role={show(role)} must be user, assistant or system", param="messages")
+        text, images, wheres = _content(message, i, limits)
         expected = "user" if not turns or turns[-1].answer is not None else "assistant"
         if role != expected:
             raise bad_request(
@@ -112,7 +123,7 @@ def _turns(messages: Any, limits: ServeLimits) -> list[UserTurn]:
                 param="messages",
             )
         if role == "user":
-            turns.append(UserTurn(text, images))
+            turns.append(UserTurn(text, images, image_params=wheres))
         elif images:
             raise bad_request(f"messages[{i}]: only user messages may carry images", param="messages")
         else:
@@ -136,17 +147,18 @@ def parse_chat_request(body: Any, limits: ServeLimits) -> ChatRequest:
     if not isinstance(model, str) or not model:
         raise bad_request("model is required (see GET /v1/models)", param="model")
     if body.get("n", 1) != 1:
-        raise bad_request(f"n={body.get('n')!r}: this server returns one choice; use n=1", param="n")
+        raise bad_request(f"n={show(body.get('n'))}: this server returns one choice; use n=1", param="n")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise bad_request(f"max_tokens={max_tokens!r} must be a positive integer", param="max_tokens")
+        raise bad_request(f"max_tokens={show(max_tokens)} must be a positive integer", param="max_tokens")
     stop = body.get("stop") or ()
     stop = (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, (list, tuple)) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) for s in stop):
-        raise bad_request(f"stop={stop!r} must be a string or a list of at most 4 strings", param="stop")
+        raise bad_request(f"stop={show(stop)} must be a string or a list of at most 4 strings", param="stop")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise bad_request(f"seed={seed!r} must be an integer", param="seed")
+    low, high = SEED_RANGE
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed < high):
+        raise bad_request(f"seed={show(seed)} must be an integer in [-2**63, 2**64)", param="seed")
     options = body.get("stream_options") or {}
     config = GenerationConfig(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),

@@ -3,19 +3,30 @@ regenerate / undo / clear, examples, the adapter per conversation, and the exact
 
 Each browser session owns one :class:`~mmgpt.chat.ChatSession` (kept in a ``gr.State``, freed an hour after the
 tab closes), so every turn reuses that conversation's cache. All sessions share the one model with the API.
+
+A bad message (an unreadable image, a literal ``<image>``, a prompt over the context) is a warning toast, never an
+error state: the conversation stays as it was, the input keeps its text and its good images, and the next message
+goes through. Text is shown as written (HTML-escaped, so ``<image>`` stays visible). A server started with adapters
+opens on the first one.
 """
 
 from __future__ import annotations
 
+import html
+import logging
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 
-from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError
-from mmgpt.data.images import ImageError
+from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, InvalidMessageError
+from mmgpt.data.images import ImageError, ImageTooLargeError
 from mmgpt.generate import GenerationConfig
+
+log = logging.getLogger("mmgpt.serve")
 
 SESSION_TTL_S = 3600
 # Phrased as the tuning data asks (the paper's Table 3 caption instruction, the world's OCR question), which is what
@@ -38,8 +49,21 @@ def example_images(folder: Path) -> list[str]:
     return [str(path)]
 
 
+def shown(text: str) -> str:
+    """Text as the chat panel and toasts must show it: they render HTML, which would swallow ``<image>``."""
+    return html.escape(text, quote=False)
+
+
+def image_problem(error: ImageError, max_pixels: int) -> str:
+    """An unreadable upload named by its file name (not the server's upload path), with a fix the user can do."""
+    if isinstance(error, ImageTooLargeError):
+        return f"{Path(error.path).name}: {error.problem}; this demo takes images of at most {max_pixels:,} pixels"
+    return f"{Path(error.path).name}: {error.problem}; attach a complete PNG, JPEG, GIF or WebP file"
+
+
 def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Blocks:
     names = [chat_model.name, *chat_model.adapters]
+    selected = chat_model.adapters[0] if chat_model.adapters else chat_model.name  # the tuned model, when given
 
     def adapter_of(name: str) -> str | None:
         return None if name == chat_model.name else name
@@ -51,10 +75,15 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
         messages: list[dict] = []
         for turn in session.turns:
             messages += [{"role": "user", "content": {"path": str(p)}} for p in turn.images]
-            messages.append({"role": "user", "content": turn.text})
+            messages.append({"role": "user", "content": shown(turn.text)})
             if turn.answer is not None:
-                messages.append({"role": "assistant", "content": turn.answer})
+                messages.append({"role": "assistant", "content": shown(turn.answer)})
         return messages
+
+    def unchanged(session: ChatSession, message: str, box=None) -> tuple:
+        """The outputs after a refused message: a warning toast, everything else as it was."""
+        gr.Warning(shown(message))
+        return box if box is not None else gr.skip(), history_of(session), session, session.prompt_text()
 
     def stream_answer(session: ChatSession, stream: Iterator[str]) -> Iterator[tuple]:
         for notice in session.notices:
@@ -63,9 +92,14 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
         history = history_of(session)
         history.append({"role": "assistant", "content": ""})
         yield gr.MultimodalTextbox(value=None), history, session, session.prompt_text()
-        for delta in stream:
-            history[-1]["content"] += delta
-            yield gr.MultimodalTextbox(value=None), history, session, session.prompt_text()
+        try:
+            for delta in stream:
+                history[-1]["content"] += shown(delta)
+                yield gr.MultimodalTextbox(value=None), history, session, session.prompt_text()
+        except Exception:  # the model failed mid-answer: say so, keep the partial answer, stay usable
+            log.exception("the demo's generation failed")
+            yield unchanged(session, "the answer stopped: the model failed (the server's log has the details)")
+            return
         yield gr.MultimodalTextbox(value=None), history_of(session), session, session.prompt_text()
 
     def respond(message: dict, session: ChatSession | None, model: str, temperature, top_p, max_tokens):
@@ -74,18 +108,32 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text and not files:
-            raise gr.Error("type a question (and attach images if you like)")
+            yield unchanged(session, "type a question (and attach images if you like)")
+            return
         try:
             stream = session.send(text, images=files, config=config(temperature, top_p, max_tokens))
-        except (ImageError, ContextOverflowError) as error:
-            raise gr.Error(str(error)) from None
+        except ImageError as error:
+            # Keep the text and the good images; drop the file that failed.
+            kept = [f for f in files if f != error.path]
+            box = gr.MultimodalTextbox(value={"text": text, "files": kept})
+            yield unchanged(session, image_problem(error, chat_model.transform.max_pixels), box)
+            return
+        except (InvalidMessageError, ContextOverflowError) as error:
+            yield unchanged(session, str(error), gr.MultimodalTextbox(value={"text": text, "files": files}))
+            return
         yield from stream_answer(session, stream)
 
     def regenerate(session: ChatSession | None, model: str, temperature, top_p, max_tokens):
         if session is None or not session.turns:
-            raise gr.Error("nothing to regenerate yet")
+            yield unchanged(session or ChatSession(chat_model), "nothing to regenerate yet")
+            return
         session.set_adapter(adapter_of(model))
-        yield from stream_answer(session, session.regenerate(config(temperature, top_p, max_tokens)))
+        try:
+            stream = session.regenerate(config(temperature, top_p, max_tokens))
+        except (InvalidMessageError, ContextOverflowError) as error:
+            yield unchanged(session, str(error))
+            return
+        yield from stream_answer(session, stream)
 
     def undo(session: ChatSession | None):
         if session is not None:
@@ -99,11 +147,17 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
 
     examples_folder = Path(tempfile.mkdtemp(prefix="mmgpt-examples-"))
     images = example_images(examples_folder)
+    selection = f"Model: `{chat_model.name}`" + (
+        f", answering with its LoRA adapter `{selected}` (choose another, or the base, under *Model / LoRA adapter*)."
+        if selected != chat_model.name
+        else "."
+    )
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
             f"## {title}\nMulti-turn chat about images. Attach one or more images to any message; each becomes one "
-            f"`<image>` token in the prompt. Model: `{chat_model.name}`."
+            f"`<image>` token in the prompt. {selection}",
+            elem_id="intro",
         )
         session = gr.State(None, time_to_live=SESSION_TTL_S)
         with gr.Row():
@@ -121,7 +175,7 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
                     undo_button = gr.Button("Undo", elem_id="undo")
                     clear_button = gr.Button("Clear", elem_id="clear")
             with gr.Column(scale=1):
-                model = gr.Dropdown(names, value=names[0], label="Model / LoRA adapter")
+                model = gr.Dropdown(names, value=selected, label="Model / LoRA adapter", elem_id="model")
                 temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
                 max_tokens = gr.Slider(1, 512, value=128, step=1, label="Max new tokens")
@@ -138,4 +192,6 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
         regenerate_button.click(regenerate, [session, *controls], outputs)
         undo_button.click(undo, [session], [chatbot, session, prompt])
         clear_button.click(clear, [session], [chatbot, session, prompt])
+    # The example pictures go when the server does (at exit, or when the demo is garbage-collected).
+    demo.cleanup = weakref.finalize(demo, shutil.rmtree, examples_folder, ignore_errors=True)
     return demo

@@ -86,6 +86,18 @@ class Progress:
             elapsed = time.perf_counter() - self.started
             print(f"step {step}/{self.total} {parts} ({elapsed:.0f} s)", file=self.stream, flush=True)
 
+    def skipped(self, step: int, skipped: dict[str, dict[str, Any]]) -> None:
+        """What the data left out, per source (``loader.merge_skipped``): one line each, and one metrics.jsonl
+        record ``{"step": N, "skipped": {source: {"counts": {reason: n}, "examples": [...]}}}``."""
+        if not self.enabled or not skipped:
+            return
+        for name, entry in skipped.items():
+            counts = ", ".join(f"{count:,} {reason}" for reason, count in sorted(entry["counts"].items()))
+            examples = "; ".join(entry["examples"][:3])
+            self.message(f"{name}: skipped {counts}" + (f" (e.g. {examples})" if examples else ""))
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "skipped": skipped}) + "\n")
+
     def message(self, text: str) -> None:
         if not self.enabled:
             return

@@ -59,12 +59,18 @@ def load_run_model(cfg: TrainConfig) -> tuple[VisionLanguageModel, PreTrainedTok
 
 
 def run_evaluators(cfg: TrainConfig, evaluators: dict[str, Evaluator] | None) -> dict[str, Evaluator]:
-    """The caller's evaluators, plus the generated world's when ``validation.world`` names one."""
+    """The caller's evaluators, plus the generated world's when ``validation.world`` names one, plus one per
+    published benchmark of ``validation.benchmarks``."""
     evaluators = dict(evaluators or {})
     if cfg.validation.world is not None:
         from mmgpt.world.evaluate import world_evaluator
 
         evaluators.setdefault("world", world_evaluator(cfg.validation.world, cfg.validation.world_scenes))
+    if cfg.validation.benchmarks:
+        from mmgpt.evaluate.validation import benchmark_evaluator
+
+        for entry in cfg.validation.benchmarks:
+            evaluators.setdefault(entry.name or entry.benchmark, benchmark_evaluator(entry))
     return evaluators
 
 
@@ -99,8 +105,8 @@ def train(
     try:
         model, tokenizer = load_run_model(cfg)
         trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=run_evaluators(cfg, evaluators))
-        if checkpoint is not None:
-            trainer.resume(checkpoint)
+        if checkpoint is not None or resume:
+            trainer.resume(checkpoint)  # says which checkpoint it continued from (or that there was none yet)
         return trainer.fit(progress_stream=progress_stream)
     finally:
         shutdown(ctx)

@@ -4,6 +4,8 @@ or many, resumable at any saved step.
 One optimiser step = ``gradient_accumulation`` micro-steps; each micro-step takes one vision-language batch
 and (on ``data.language_ratio`` of them) one language-only batch, sums their losses (the language-only one
 weighted by ``language_weight``) and back-propagates once. Gradients are clipped at the optimiser step only.
+At the end the samples the data left out (rows skipped while reading, samples dropped by tokenisation, broken
+images of ``on_error: skip`` sources) are printed per source and written to metrics.jsonl as ``{"skipped": ...}``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from transformers import PreTrainedTokenizerBase
 from mmgpt.config import AUTOCAST
 from mmgpt.data.collate import Batch
 from mmgpt.data.config import DataConfig
-from mmgpt.data.loader import PairedBatch, PairedBatches, build_training_batches
+from mmgpt.data.loader import PairedBatch, PairedBatches, build_training_batches, merge_skipped
+from mmgpt.data.sources import SourceStats
 from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.train.checkpoint import (
     TrainerState,
@@ -125,7 +128,8 @@ class Trainer:
                 lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
         self.wrapped = wrap_model(model, self.ctx)
-        self.batches = batches or self._batches(cfg.data)
+        self.read_stats: dict[str, SourceStats] = {}
+        self.batches = batches or self._batches(cfg.data, stats=self.read_stats)
         self.total = total_steps(cfg, self.batches)
         self.optimizer = build_optimizer(model, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, total_steps=self.total, cfg=cfg.optimizer)
@@ -133,8 +137,9 @@ class Trainer:
         self.step, self.best = 0, None
         self._validation: tuple[PairedBatches, dict[str, Any]] | None = None
         self.last_good: Path | None = None
+        self.resume_note: str | None = None
 
-    def _batches(self, data: DataConfig) -> PairedBatches:
+    def _batches(self, data: DataConfig, stats: dict[str, SourceStats] | None = None) -> PairedBatches:
         """The batches of ``data`` for this rank, prepared for this model: its prompt format, image transform
         and padding id."""
         return build_training_batches(
@@ -145,6 +150,7 @@ class Trainer:
             image_transform=self.model.image_transform(max_pixels=data.max_image_pixels),
             fmt=replace(self.model.prompt_format, style=self.cfg.prompt_style or self.model.prompt_format.style),
             pad_id=self.model.special.pad,
+            stats=stats,
         )
 
     # ---------------------------------------------------------------- state
@@ -152,6 +158,7 @@ class Trainer:
         """Continue from ``checkpoint`` (default: the latest in the run directory). Returns the step."""
         folder = Path(checkpoint) if checkpoint is not None else latest_checkpoint(self.run_dir)
         if folder is None:
+            self.resume_note = f"resume: no checkpoint in {self.run_dir} yet; starting at step 0"
             return 0
         state = load_trainer_state(folder)
         if len(state.ranks) != self.ctx.world_size:
@@ -168,6 +175,7 @@ class Trainer:
         self.batches.load_state_dict(mine["data"])
         restore_rng(mine["rng"])
         self.step, self.best, self.last_good = state.step, state.best, folder
+        self.resume_note = f"resumed from {folder} at step {self.step} of {self.total}"
         return self.step
 
     def _checkpoint(self, data_state: dict[str, Any], metrics: dict[str, float]) -> Path | None:
@@ -332,6 +340,8 @@ class Trainer:
             + f" trainable parameters; {self.total} steps of {cfg.gradient_accumulation} micro-steps"
             + f" x {self.ctx.world_size} process(es)"
         )
+        if self.resume_note:
+            progress.message(self.resume_note)
         self.model.train()
         stream = iter(self.batches)
         metrics: dict[str, Any] = {}
@@ -355,6 +365,7 @@ class Trainer:
                         if self.ctx.is_main:
                             keep_best(self.run_dir, best)
                     metrics.update(results)
+            self._report_skipped(progress)
         except torch.OutOfMemoryError as error:
             raise TrainingError(
                 f"out of memory at step {self.step + 1}: {error}. Lower data.batch_size (raise "
@@ -365,6 +376,10 @@ class Trainer:
             progress.close()
         output = self._final_output()
         return TrainResult(steps=self.step, output=output, metrics=metrics, trainable=self.trainable)
+
+    def _report_skipped(self, progress: Progress) -> None:
+        per_rank = gather_objects(self.batches.skipped(), self.ctx)  # every rank takes part
+        progress.skipped(self.step, merge_skipped(self.read_stats, per_rank))
 
     def _final_output(self) -> Path:
         """The trained weights in their usable form: a peft adapter (lora; what ``train_groups`` trained besides goes

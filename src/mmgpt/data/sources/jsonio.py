@@ -166,7 +166,9 @@ class JsonFiles:
                 if not line.strip():
                     continue
                 try:
-                    value: Any = json.loads(line)
+                    # Without its line break: a line cut short is then reported at its own last column, not at
+                    # "line 2 column 1" (the position after the break).
+                    value: Any = json.loads(line.rstrip(b"\r\n"))
                 except json.JSONDecodeError as error:
                     value = error
                 yield Row(index, f"line {number}", value)
