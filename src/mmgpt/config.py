@@ -214,12 +214,15 @@ class AbstractorConfig:
 class PrefixConfig:
     """How a prefix model turns image tokens into LM input embeddings: a ``resampler`` (``qformer``: MiniGPT-4;
     ``abstractor``: mPLUG-Owl; ``patch_concat``: MiniGPT-4's LLaMA-2 release, ``patch_group`` adjacent patch tokens
-    side by side), then the connector - a linear projection to the LM width (``projection_bias``) and
-    ``end_tokens`` learned embeddings appended after each image's (mPLUG-Owl's ``vit_eos``: 1)."""
+    side by side; ``perceiver``: OpenFlamingo's Perceiver Resampler, ``perceiver``'s numbers, its latents the
+    queries - e.g. a Flamingo's pretrained perceiver standing in for BLIP-2's Q-Former), then the connector - a
+    linear projection to the LM width (``projection_bias``) and ``end_tokens`` learned embeddings appended after
+    each image's (mPLUG-Owl's ``vit_eos``: 1)."""
 
-    resampler: Literal["qformer", "abstractor", "patch_concat"] = "qformer"
+    resampler: Literal["qformer", "abstractor", "patch_concat", "perceiver"] = "qformer"
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     abstractor: AbstractorConfig = field(default_factory=AbstractorConfig)
+    perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
     patch_group: int = 4
     projection_bias: bool = True
     end_tokens: int = 0

@@ -29,6 +29,7 @@ from mmgpt.model.language import (
 )
 from mmgpt.model.resamplers.abstractor import VisualAbstractor
 from mmgpt.model.resamplers.patch_concat import PatchConcat
+from mmgpt.model.resamplers.perceiver import PerceiverResampler
 from mmgpt.model.resamplers.qformer import QFormerResampler, qformer_config
 from mmgpt.tokens import SpecialTokenIds, prefix_special_ids
 
@@ -130,6 +131,23 @@ class PrefixLM(VisionLanguageModel):
         return self.output(out, lm_kwargs, media, seen, full_mask)
 
 
+class PerceiverQueries(PerceiverResampler):
+    """OpenFlamingo's Perceiver Resampler as a prefix model's resampler: image tokens [N, p, d_v] -> latents
+    [N, q, d_v] (q = its latents). Parameter names are the perceiver's own, so a Flamingo's pretrained perceiver
+    loads unchanged (``flamingo.perceiver.state_dict()``)."""
+
+    @property
+    def num_queries(self) -> int:
+        return self.num_latents
+
+    @property
+    def width(self) -> int:
+        return self.latents.shape[1]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens[:, None])[:, 0]
+
+
 # ---------------------------------------------------------------------------------------------- builders
 def build_resampler(cfg: PrefixConfig, *, vision_width: int) -> nn.Module:
     """The prefix model's resampler: image tokens [N, p, d_v] -> queries [N, q, d]."""
@@ -159,6 +177,16 @@ def build_resampler(cfg: PrefixConfig, *, vision_width: int) -> nn.Module:
             eps=a.eps,
             ffn_eps=a.ffn_eps,
             dropout=a.dropout,
+        )
+    if cfg.resampler == "perceiver":
+        p = cfg.perceiver
+        return PerceiverQueries(
+            dim=vision_width,
+            depth=p.depth,
+            heads=p.heads,
+            dim_head=p.dim_head,
+            num_latents=p.num_latents,
+            ff_mult=p.ff_mult,
         )
     return PatchConcat(group=cfg.patch_group, drop_cls=True)
 
