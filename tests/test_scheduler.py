@@ -115,3 +115,75 @@ def test_a_prefix_model_batches_through_the_contract():
         chat.stop_batching()
     assert batched == alone
     assert scheduler.peak_rows >= 2
+
+
+class SlowSteps(ChatModel):
+    """Decode steps that take a while: a long answer is still running when the test looks."""
+
+    def forward_rows(self, *args):
+        time.sleep(0.02)
+        return super().forward_rows(*args)
+
+
+def test_a_turn_sent_before_its_cancelled_row_left_waits_for_its_cache(tmp_path):
+    """The next turn of a session can arrive while its previous, cancelled row is still in the batch (it leaves at
+    the next step): it waits for the cache to come back instead of continuing a cache still being written."""
+    slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one", "two")))
+    scheduler = slow.start_batching(max_rows=4)
+    try:
+        session = ChatSession(slow, adapter="two")
+        stream = session.send("describe the image", images=[picture(5)], config=GenerationConfig(max_new_tokens=400))
+        next(stream)
+        scheduler.pause()  # the row stays in the batch while the client leaves and asks again
+        time.sleep(0.2)  # the step under way (20 ms) ends: the row is still there, not yet seen cancelled
+        stream.close()
+        greedy = GenerationConfig(max_new_tokens=6)
+        replies = []
+        asking = threading.Thread(target=lambda: replies.append(session.ask("what color?", config=greedy)))
+        asking.start()
+        deadline = time.monotonic() + 10
+        while scheduler.queued() < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scheduler.rows == 1
+        scheduler.resume()
+        asking.join(timeout=30)
+        expected = slow.tokenizer.decode(from_scratch(slow, session, greedy), skip_special_tokens=True)
+        assert replies[0].text == expected.strip() and replies[0].reused_tokens > 0
+        assert replies[0].seconds_to_first_token > 0
+        assert len(session._cache.ids) == session._cache.cache.length  # what the cache holds is what it says
+        third = session.ask("and the shape?", config=greedy)
+        expected = slow.tokenizer.decode(from_scratch(slow, session, greedy), skip_special_tokens=True)
+        assert third.text == expected.strip() and third.reused_tokens > 0
+    finally:
+        slow.stop_batching()
+
+
+def test_stopping_the_scheduler_ends_the_turns_still_running(tmp_path):
+    slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one",)))
+    slow.start_batching()
+    session = ChatSession(slow)
+    stream = session.send("describe the image", images=[picture(1)], config=GenerationConfig(max_new_tokens=400))
+    next(stream)
+    slow.stop_batching()  # e.g. the server shutting down mid-answer
+    with pytest.raises(RuntimeError, match="scheduler stopped"):
+        list(stream)
+    assert session.last.finish_reason == "cancelled"
+    assert session.ask("hello", config=GenerationConfig(max_new_tokens=3)).finish_reason in ("stop", "length")
+
+
+def test_with_batching_on_a_cpu_every_tensor_operation_runs_on_the_scheduler_thread(flamingo, monkeypatch):
+    """One thread computes (image transforms, encoding, features, the batch): OpenMP's workers stay hot."""
+    threads: set[str] = set()
+    transform, embed = flamingo.transform, flamingo.model.embed_images
+
+    def record(fn):
+        return lambda *args, **kwargs: (threads.add(threading.current_thread().name), fn(*args, **kwargs))[1]
+
+    monkeypatch.setattr(flamingo, "transform", record(transform))
+    monkeypatch.setattr(flamingo.model, "embed_images", record(embed))
+    flamingo.start_batching()
+    try:
+        ChatSession(flamingo).ask("describe", images=[picture(7)], config=GenerationConfig(max_new_tokens=2))
+    finally:
+        flamingo.stop_batching()
+    assert threads == {"mmgpt-scheduler"}

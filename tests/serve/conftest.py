@@ -34,11 +34,18 @@ def tiny_chat_model(tmp_path_factory) -> ChatModel:
 
 
 class EndlessChatModel(ChatModel):
-    """The same model, slowed down and never emitting EOS: a generation that runs until the client leaves."""
+    """The same model, slowed down and never emitting EOS: a generation that runs until the client leaves (alone,
+    or as a row of a batch)."""
 
     def forward(self, adapter, input_ids, **kwargs):
         time.sleep(0.01)
         out = super().forward(adapter, input_ids, **kwargs)
+        out.logits[..., self.tokenizer.eos_token_id] = float("-inf")
+        return out
+
+    def forward_rows(self, adapters, input_ids, cache):
+        time.sleep(0.01)
+        out = super().forward_rows(adapters, input_ids, cache)
         out.logits[..., self.tokenizer.eos_token_id] = float("-inf")
         return out
 

@@ -57,11 +57,13 @@ def test_text_and_errors_are_shown_as_written():
 
 
 def test_serve_prints_one_banner_line_with_the_urls_and_the_models():
-    line = banner(ServeConfig(), ["tiny-world", "tuned"])
+    line = banner(ServeConfig(), [["tiny-world", "tuned"]])
     expected = "API http://127.0.0.1:8000/v1 | web demo http://127.0.0.1:8000/ | models: tiny-world + adapters tuned"
     assert line == f"mmgpt serve: {expected}"
-    api_only = banner(ServeConfig(host="::1", port=9000, web_path=None), ["base"])
+    api_only = banner(ServeConfig(host="::1", port=9000, web_path=None), [["base"]])
     assert api_only == "mmgpt serve: API http://[::1]:9000/v1 | no web demo | models: base"
+    several = banner(ServeConfig(web_path=None), [["multimodal-gpt"], ["minigpt4"], ["mplug-owl", "poet"]])
+    assert several.endswith("| models: multimodal-gpt; minigpt4; mplug-owl + adapters poet")
 
 
 def test_the_server_removes_the_example_folder_when_it_shuts_down(chat_model, tmp_path, monkeypatch):

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
 from mmgpt.model.contract import Media, ModelCache, ModelOutput, VisionLanguageModel
-from mmgpt.model.lora import adapter_names, lora_layers, select_adapter
+from mmgpt.model.lora import adapter_names, lora_layers, row_adapters, select_adapter
 
 if TYPE_CHECKING:
     from mmgpt.chat.scheduler import Scheduler
 
+T = TypeVar("T")
 DEFAULT_CONTEXT = 2048  # when the LM's config names no maximum
 
 
@@ -93,6 +95,30 @@ class ChatModel:
             return self.model(input_ids.to(self.model.device), media=media, cache=cache, use_cache=True)
 
     @torch.no_grad()
+    def forward_rows(self, adapters: list[str | None], input_ids: torch.Tensor, cache: ModelCache) -> ModelOutput:
+        """One decode step of a batch (the scheduler's): input_ids [b, 1] continuing ``cache`` (b rows), row i with
+        adapter ``adapters[i]`` -> logits [b, 1, V] and the new cache."""
+        input_ids = input_ids.to(self.model.device)
+        with self.lock, row_adapters(self.model, adapters):
+            return self.model(input_ids, attention_mask=torch.ones_like(input_ids), cache=cache, use_cache=True)
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [3, H, W] -> the image's features [n, d]. Outside the lock: encoders carry no adapter."""
+        """pixels [3, H, W] -> the image's features [n, d]. Outside the lock (encoders carry no adapter); with
+        batching, on the scheduler's thread between two steps."""
+        if self.scheduler is not None:
+            return self.scheduler.call(lambda: self._encode(pixels))
+        return self._encode(pixels)
+
+    @torch.no_grad()
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.embed_images(pixels[None].to(self.model.device))[0]
+
+    def compute(self, fn: Callable[[], T]) -> T:
+        """``fn()`` - tensor work beside the model's (transforming an image, stacking features) - where the model
+        computes. With batching on a CPU that is the scheduler's thread, between two steps: when one thread runs
+        every tensor operation, OpenMP's workers keep spinning between operations instead of sleeping (libgomp
+        throttles spinning once its threads outnumber the cores), which made every step ~1.7x faster on a 2-core
+        machine (bench/serve.py). Elsewhere, here."""
+        if self.scheduler is None or self.model.device.type != "cpu":
+            return fn()
+        return self.scheduler.call(fn)

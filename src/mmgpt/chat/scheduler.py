@@ -3,12 +3,17 @@
 One thread owns the model. A turn (:class:`Job`: a session's prompt, its conversation cache, its adapter and
 sampling settings) is prefilled alone - reusing its session's cache, in chunks of ``prefill_chunk`` tokens
 interleaved with the running batch's steps, so a long prompt does not stall the others - then joins the batch at a
-step boundary (``ModelCache.merge``: rows of different lengths, left-padded and masked). Each step feeds every
-row's last token in one forward, each row with its own adapter (``lora.row_adapters``), and samples each row with
-its own settings and seeded generator, exactly as it would alone (``generate.next_tokens``). A row leaves when it
-stops (stop id, stop string, ``max_new_tokens``, or its client gone) and hands its cache back to its session
-(``ModelCache.row``), so the next turn of that conversation reuses it. Memory is bounded by ``max_rows`` and by
-``max_tokens`` (rows x the batch's cached length); turns beyond wait.
+step boundary (``ModelCache.merge``: rows of different lengths, left-padded and masked; every turn prefilled since
+the last step joins in one merge). Each step feeds every row's last token in one forward, each row with its own
+adapter (``lora.row_adapters``), and chooses each row's token exactly as it would alone: greedy rows by one argmax
+over the batch, sampling rows with their own settings and seeded generator (``generate.next_tokens``). A row leaves
+when it stops (stop id, stop string, ``max_new_tokens``, or its client gone) and hands its cache back to its session
+(``ModelCache.row``), so the next turn of that conversation reuses it; the last row takes its place in the batch
+(one row's copy, not the batch's). Memory is bounded by ``max_rows`` and by ``max_tokens`` (rows x the batch's
+cached length); turns beyond wait. Each turn's time to its first token is measured from its submission
+(``Outcome.seconds_to_first_token``). The model's other work - encoding a new turn's images - runs on the same
+thread between two steps (:meth:`Scheduler.call`): one thread computes, so on a CPU the encoder and the batch do
+not fight over the cores (measured in bench/serve.py: less time to first token, more tokens/s).
 
 Legend: b rows in the batch, S cached positions, V vocabulary.
 """
@@ -19,8 +24,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
@@ -36,7 +42,8 @@ from mmgpt.generate import (
     suppressed_ids,
 )
 from mmgpt.model.cache import Media, ModelCache
-from mmgpt.model.lora import row_adapters
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,11 +77,40 @@ class _Row:
     stop_ids: set[int]
     suppress: torch.Tensor
     generator: torch.Generator | None
-    seen: torch.Tensor  # [1, S] ids so far (repetition penalty)
     reused: int
     first_token: float | None = None
     generated: list[int] = field(default_factory=list)
     next_token: int = -1
+
+    @property
+    def greedy(self) -> bool:
+        """Chosen by one argmax over the batch: no sampling, no penalty that depends on the row's ids."""
+        config = self.job.config
+        return config.temperature == 0 and config.repetition_penalty == 1.0
+
+    def seen(self, device: torch.device) -> torch.Tensor:
+        """[1, S] the ids so far (prompt and answer), for the repetition penalty."""
+        return torch.tensor([self.job.ids + self.generated], device=device)
+
+
+@dataclass
+class _Call:
+    """Other model work (encoding an image) to run on the scheduler's thread between two steps."""
+
+    fn: Callable[[], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as error:
+            self.error = error
+        self.done.set()
+
+
+_WAKE, _STEP = "wake", "step"  # inbox markers: resumed; nothing new arrived (run a step)
 
 
 class Scheduler:
@@ -89,10 +125,11 @@ class Scheduler:
             )
         self.chat_model = chat_model
         self.max_rows, self.max_tokens, self.prefill_chunk = max_rows, max_tokens, prefill_chunk
-        self._inbox: queue.Queue[Job | None] = queue.Queue()
+        self._inbox: queue.Queue[Job | _Call | str | None] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._prefill: tuple[Job, int, int] | None = None  # (job, next prompt position, reused)
-        self._rows: list[_Row] = []
+        self._rows: list[_Row] = []  # row i of the batch
+        self._joining: list[_Row] = []  # prefilled, joining the batch at the next step (all in one merge)
         self._batch: ModelCache | None = None
         self.steps = 0  # decode steps run, and the most rows one of them ran (what batching achieved)
         self.peak_rows = 0
@@ -120,35 +157,61 @@ class Scheduler:
         finally:
             job.cancelled.set()
 
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the scheduler's thread between two steps (the model's other work, e.g. encoding images:
+        one thread computes, so a CPU's cores are not shared between it and the batch); its result, or its error."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        if not self._thread.is_alive():
+            raise RuntimeError("the scheduler has stopped; create a new one")
+        call = _Call(fn)
+        self._inbox.put(call)
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
     def close(self) -> None:
         self._open.set()
         self._inbox.put(None)
         self._thread.join(timeout=30)
 
     def pause(self) -> None:
-        """Let jobs queue up without running any (e.g. to start many at the same step)."""
+        """Let jobs queue up without running any (e.g. to start many at the same step); the step under way ends."""
         self._open.clear()
 
     def resume(self) -> None:
         self._open.set()
+        self._inbox.put(_WAKE)
 
     def queued(self) -> int:
         """Jobs submitted and not yet started."""
-        return self._inbox.qsize() + len(self._waiting)
+        return sum(isinstance(item, Job) for item in list(self._inbox.queue)) + len(self._waiting)
+
+    @property
+    def rows(self) -> int:
+        """Rows in the running batch now (a job being prefilled is not one yet)."""
+        return len(self._rows)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
         while True:
-            idle = not self._rows and self._prefill is None and not self._waiting
+            # Paused or with nothing to run, wait for the inbox; else take what has arrived before the next step.
+            idle = not self._open.is_set() or (not self._rows and self._prefill is None and not self._waiting)
             try:
-                job = self._inbox.get(block=idle)
-                if job is None:
-                    return
-                self._waiting.append(job)
-                continue  # take every job that has arrived before the next step
+                item = self._inbox.get(block=idle)
             except queue.Empty:
-                pass
-            self._open.wait()
+                item = _STEP
+            if item is None:
+                self._stop()
+                return
+            if isinstance(item, _Call):  # served paused too: a paused scheduler still lets jobs be prepared
+                with torch.no_grad():
+                    item.run()
+            elif isinstance(item, Job):
+                self._waiting.append(item)
+            if item is not _STEP:
+                continue
             try:
                 with torch.no_grad():
                     budget = self.prefill_chunk  # prompt tokens prefilled between two decode steps
@@ -157,25 +220,35 @@ class Scheduler:
                         if self._prefill is None:
                             break
                         budget -= self._prefill_chunk(budget)
+                    self._join()
                     if self._rows:
                         self._decode_step()
             except Exception as error:
                 self._fail(error)
 
     def _admit(self) -> None:
-        """Start prefilling the next waiting job when the batch has room for it."""
-        while self._prefill is None and self._waiting:
-            job = self._waiting[0]
+        """Start prefilling the first waiting job that can run, when the batch has room for it. A job whose session
+        cache is still held by a running row (its previous turn, cancelled, leaves at the next step) waits for it;
+        jobs behind it may go first."""
+        if self._prefill is not None:
+            return
+        busy = {id(row.job.cache) for row in self._rows + self._joining}
+        rows = len(self._rows) + len(self._joining)
+        for job in list(self._waiting):
             if job.cancelled.is_set():
-                self._waiting.popleft()
+                self._waiting.remove(job)
                 job.events.put(("end", Outcome("cancelled", 0, 0, None)))
                 continue
-            length = max(len(job.ids), self._batch.length if self._batch is not None else 0)
-            if self._rows and (len(self._rows) >= self.max_rows or (len(self._rows) + 1) * length > self.max_tokens):
+            if id(job.cache) in busy:
+                continue
+            length = max([len(job.ids), self._batch.length if self._batch is not None else 0])
+            length = max([length, *(len(row.job.cache.ids) for row in self._joining)])
+            if rows and (rows >= self.max_rows or (rows + 1) * length > self.max_tokens):
                 return
-            self._waiting.popleft()
+            self._waiting.remove(job)
             reused = job.cache.reuse(job.adapter, job.ids, job.images, job.media)
             self._prefill = (job, reused, reused)
+            return
 
     def _prefill_chunk(self, budget: int) -> int:
         """Prefill up to ``budget`` more prompt tokens of the job being prefilled; returns how many ran. A job
@@ -195,47 +268,89 @@ class Scheduler:
             stop_ids=stop_ids,
             suppress=torch.tensor(suppressed_ids(model, stop_ids), dtype=torch.long, device=logits.device),
             generator=make_generator(job.config, logits.device),
-            seen=torch.tensor([job.ids], device=logits.device),
             reused=reused,
         )
-        finish = self._sample(row, logits)
+        logits = logits.float()
+        finish = self._take(row, self._choose([row], logits)[0])
         if finish is not None:
             self._end(row, finish)  # done at its first token: the session's cache is already its own
-            return end - start
-        cache = job.cache.cache
-        self._batch = cache if self._batch is None else ModelCache.merge([self._batch, cache])
-        self._rows.append(row)
+        else:
+            self._joining.append(row)
         return end - start
 
+    def _join(self) -> None:
+        """The rows prefilled since the last step join the batch, all in one merge (one copy of the batch)."""
+        if not self._joining:
+            return
+        caches = [row.job.cache.cache for row in self._joining]
+        if self._batch is not None:
+            caches.insert(0, self._batch)
+        self._batch = caches[0] if len(caches) == 1 else ModelCache.merge(caches)
+        self._rows += self._joining
+        self._joining = []
+
     def _decode_step(self) -> None:
-        model = self.chat_model.model
-        tokens = torch.tensor([[row.next_token] for row in self._rows], device=model.device)
-        with self.chat_model.lock, row_adapters(model, [row.job.adapter for row in self._rows]):
-            out = model(tokens, attention_mask=torch.ones_like(tokens), cache=self._batch, use_cache=True)
+        rows = self._rows
+        tokens = torch.tensor([[row.next_token] for row in rows])
+        out = self.chat_model.forward_rows([row.job.adapter for row in rows], tokens, self._batch)
         self._batch = out.cache
         self.steps += 1
-        self.peak_rows = max(self.peak_rows, len(self._rows))
-        keep = []
-        for i, row in enumerate(self._rows):
+        self.peak_rows = max(self.peak_rows, len(rows))
+        chosen = self._choose(rows, out.logits[:, -1].float())
+        leaving = []
+        for i, row in enumerate(rows):
             row.job.cache.ids.append(row.next_token)
-            row.seen = torch.cat([row.seen, tokens[i : i + 1]], dim=1)
-            finish = "cancelled" if row.job.cancelled.is_set() else self._sample(row, out.logits[i : i + 1, -1])
-            if finish is None:
-                keep.append(i)
-                continue
-            row.job.cache.cache = self._batch.row(i)  # back to its session before the session hears the end
-            self._end(row, finish)
-        if len(keep) < len(self._rows):
-            self._rows = [self._rows[i] for i in keep]
-            self._batch = self._batch.select(torch.tensor(keep)).trim() if keep else None
+            finish = "cancelled" if row.job.cancelled.is_set() else self._take(row, chosen[i])
+            if finish is not None:
+                row.job.cache.cache = self._batch.row(i)  # back to its session before the session hears the end
+                self._end(row, finish)
+                leaving.append(i)
+        if leaving:
+            self._leave(leaving)
 
-    def _sample(self, row: _Row, logits: torch.Tensor) -> FinishReason | None:
-        """Choose the row's next token from logits [1, V] and send what became final; why the row stops, or None
-        when it goes on (its token then runs at the next step)."""
-        logits = logits.float()
-        if row.suppress.numel():
-            logits[:, row.suppress] = float("-inf")
-        token = int(next_tokens(logits, row.seen, row.job.config, row.generator)[0])
+    def _leave(self, leaving: list[int]) -> None:
+        """Take rows out of the batch without copying the others: each freed slot gets a row from the end (that
+        row's cached keys/values copied in place - the batch owns them, every step makes them anew), then the batch
+        is cut short (a view)."""
+        n = len(self._rows) - len(leaving)
+        if n == 0:
+            self._rows, self._batch = [], None
+            return
+        gone = set(leaving)
+        free = [i for i in leaving if i < n]
+        movers = [i for i in range(n, len(self._rows)) if i not in gone]
+        order = list(range(n))
+        for slot, row in zip(free, movers, strict=True):
+            order[slot] = row
+        batch = self._batch
+        for layer in batch.kv.layers:
+            if layer.keys is None or not layer.keys.numel():
+                continue
+            for slot, row in zip(free, movers, strict=True):
+                layer.keys[slot] = layer.keys[row]
+                layer.values[slot] = layer.values[row]
+            layer.keys, layer.values = layer.keys[:n], layer.values[:n]
+        index = torch.tensor(order, device=batch.attention_mask.device)
+        media = batch.media.select(index) if batch.media is not None else None
+        self._batch = ModelCache(batch.kv, media, batch.placeholders_seen[index], batch.attention_mask[index]).trim()
+        self._rows = [self._rows[i] for i in order]
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Each row's next token from logits [b, V] (float32), chosen exactly as the row alone would choose it:
+        greedy rows by one argmax over them all, the others with their own settings and seeded generator."""
+        for i, row in enumerate(rows):
+            if row.suppress.numel():
+                logits[i, row.suppress] = float("-inf")
+        chosen = logits.argmax(dim=-1).tolist()
+        for i, row in enumerate(rows):
+            if not row.greedy:
+                seen = row.seen(logits.device)
+                chosen[i] = int(next_tokens(logits[i : i + 1], seen, row.job.config, row.generator)[0])
+        return chosen
+
+    def _take(self, row: _Row, token: int) -> FinishReason | None:
+        """The row's next token is ``token``: send what became final; why the row stops, or None when it goes on
+        (its token then runs at the next step)."""
         if row.first_token is None:
             row.first_token = time.perf_counter() - row.job.submitted
         if token in row.stop_ids:
@@ -256,9 +371,23 @@ class Scheduler:
             row.job.events.put(("delta", rest))
         row.job.events.put(("end", Outcome(finish, len(row.generated), row.reused, row.first_token)))
 
+    def _stop(self) -> None:
+        """Closed: every turn still running or waiting ends with an error instead of waiting forever."""
+        stopped = RuntimeError("the scheduler stopped (the server is shutting down)")
+        self._fail(stopped)
+        while self._waiting:
+            self._waiting.popleft().events.put(("error", stopped))
+        while not self._inbox.empty():
+            job = self._inbox.get_nowait()
+            if isinstance(job, _Call):
+                job.error = stopped
+                job.done.set()
+            elif isinstance(job, Job):
+                job.events.put(("error", stopped))
+
     def _fail(self, error: Exception) -> None:
-        jobs = [row.job for row in self._rows] + ([self._prefill[0]] if self._prefill else [])
-        self._rows, self._batch, self._prefill = [], None, None
+        jobs = [row.job for row in self._rows + self._joining] + ([self._prefill[0]] if self._prefill else [])
+        self._rows, self._joining, self._batch, self._prefill = [], [], None, None
         for job in jobs:
             job.cache.clear()
             job.events.put(("error", error))

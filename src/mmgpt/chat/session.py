@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,9 @@ class Reply:
     completion_tokens: int
     reused_tokens: int  # prompt tokens served from the cache
     computed_tokens: int  # prompt tokens run this turn (the rest of the prompt)
+    # From the turn's start (its stream's first read) to its first token chosen - prefill, and with batching the
+    # wait for a place in the batch, included; None when the stream ended before one (closed at once).
+    seconds_to_first_token: float | None = None
 
 
 class ChatSession:
@@ -129,6 +133,18 @@ class ChatSession:
     def load_turns(self, turns: Sequence[Turn]) -> None:
         """Replace the history (e.g. an API request's messages); cache and latents stay where still valid."""
         self.turns = list(turns)
+
+    def continued_on(self, chat_model: ChatModel, *, adapter: str | None = None) -> ChatSession:
+        """This conversation, continued by another model (e.g. another system picked in the web demo): the same
+        turns and pending images, each image read again by that model's transform; its own cache and context."""
+        session = ChatSession(chat_model, adapter=adapter, drop_oldest=self.drop_oldest)
+        for turn in self.turns:
+            moved = session.make_turn(turn.text, turn.images)
+            moved.answer = turn.answer
+            session.turns.append(moved)
+        for image in self.pending_images:
+            session.add_image(image)
+        return session
 
     def make_turn(self, text: str, images: Sequence[ImageRef] = ()) -> Turn:
         """A user turn with its images decoded, checked and keyed (encoding happens when it runs)."""
@@ -206,17 +222,19 @@ class ChatSession:
         return self._stream(turn, ids, images, config)
 
     def _stream(self, turn: Turn, ids: list[int], images: tuple[str, ...], config: GenerationConfig) -> Iterator[str]:
+        started = time.perf_counter()
         shown: list[str] = []  # the deltas streamed so far: they join to the answer
         finish: FinishReason = "cancelled"
         reused = completion = 0
+        first_token: float | None = None
         try:
-            media = self._cache.media_for(images, self._features)
+            media = self.chat_model.compute(lambda: self._cache.media_for(images, self._features))
             scheduler = self.chat_model.scheduler
             if scheduler is not None:  # decoded in one batch with every other session's turn
-                outcome = yield from _shown(
-                    scheduler.stream(Job(self._cache, self.adapter, ids, images, media, config)), shown
-                )
+                job = Job(self._cache, self.adapter, ids, images, media, config, submitted=started)
+                outcome = yield from _shown(scheduler.stream(job), shown)
                 finish, reused, completion = outcome.finish, outcome.reused_tokens, outcome.completion_tokens
+                first_token = outcome.seconds_to_first_token
                 return
             tokenizer = self.chat_model.tokenizer
             stop_ids = stop_ids_of(tokenizer, config)
@@ -233,12 +251,20 @@ class ChatSession:
                 should_stop=should_stop,
             )
             generated: list[int] = []
+
+            def timed(steps: Iterator) -> Iterator:  # the first token is chosen when decode yields its first step
+                nonlocal first_token
+                for step in steps:
+                    first_token = time.perf_counter() - started if first_token is None else first_token
+                    yield step
+
+            steps = timed(steps)
             finish = yield from _shown(stream_text(steps, text, stop_ids, generated), shown)
             completion = len(generated)
         finally:
             # Recorded also when the caller stops early (a closed stream): the history stays a valid chat.
             turn.answer = "".join(shown).strip()
-            self.last = Reply(turn.answer, finish, len(ids), completion, reused, len(ids) - reused)
+            self.last = Reply(turn.answer, finish, len(ids), completion, reused, len(ids) - reused, first_token)
 
     def _tokens(self, conversation: Conversation) -> list[int]:
         fmt = self.chat_model.model.prompt_format
@@ -271,7 +297,7 @@ class ChatSession:
     # ------------------------------------------------------------------ images
     def _image_key(self, image: ImageRef) -> str:
         """Decode, check and transform ``image``, encode it unless already known; returns its content key."""
-        pixels = self.chat_model.transform(image)
+        pixels = self.chat_model.compute(lambda: self.chat_model.transform(image))
         key = hashlib.sha256(pixels.numpy().tobytes()).hexdigest()[:32]
         if key not in self._features:
             self._features[key] = self.chat_model.encode(pixels)

@@ -113,14 +113,23 @@ class ModelCache:
         """One cache holding the rows of several, left-padded to the longest: the padding is masked out, and
         positions come from the mask, so every row continues exactly as it would alone (continuous batching)."""
         length = max(c.length for c in caches)
+        rows = sum(c.rows for c in caches)
         kv = DynamicCache()
         for i in range(len(caches[0].kv.layers)):
-            keys, values = [], []
+            # Written once into one buffer (no padded copies to concatenate): merging is a copy of the batch.
+            like = caches[0].kv.layers[i]
+            width = like.keys.shape[2] + length - caches[0].length  # as each row's keys left-padded like its mask
+            keys = like.keys.new_empty((rows, like.keys.shape[1], width, like.keys.shape[3]))
+            values = like.values.new_empty((rows, like.values.shape[1], width, like.values.shape[3]))
+            start = 0
             for c in caches:
-                layer, pad = c.kv.layers[i], length - c.length
-                keys.append(F.pad(layer.keys, (0, 0, pad, 0)))
-                values.append(F.pad(layer.values, (0, 0, pad, 0)))
-            kv.update(torch.cat(keys), torch.cat(values), i)
+                layer, pad, end = c.kv.layers[i], length - c.length, start + c.rows
+                keys[start:end, :, :pad] = 0
+                values[start:end, :, :pad] = 0
+                keys[start:end, :, pad:] = layer.keys
+                values[start:end, :, pad:] = layer.values
+                start = end
+            kv.update(keys, values, i)
         mask = torch.cat([F.pad(c.attention_mask, (length - c.length, 0)) for c in caches])
         seen = torch.cat([c.placeholders_seen for c in caches])
         media = None

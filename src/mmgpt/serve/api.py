@@ -1,10 +1,14 @@
 """The OpenAI-compatible HTTP API: ``POST /v1/chat/completions`` (plain and server-sent events), ``GET /v1/models``.
 
-Each request becomes a :class:`~mmgpt.chat.ChatSession` over the shared model (``drop_oldest=False``: a prompt
-over the context is an error, as with OpenAI, never silently shortened). The model work runs in worker threads
-and takes the model lock one step at a time, so requests for different adapters interleave without mixing; the
-:class:`~mmgpt.serve.limits.Admission` gate bounds how many run and wait. A streaming client that disconnects
-stops its generation at the next token and frees its slot.
+Each request becomes a :class:`~mmgpt.chat.ChatSession` over the served model it names (``drop_oldest=False``: a
+prompt over the context is an error, as with OpenAI, never silently shortened). Its images are decoded and encoded in a
+worker thread; its generation is one row of the model's batch (continuous batching: every admitted request decodes
+in the same forward, each with its own adapter - ``mmgpt.chat.scheduler``), or, with batching off, takes the model
+lock one step at a time. The :class:`~mmgpt.serve.limits.Admission` gate bounds how many run and wait. A streaming
+client that disconnects stops its generation at the next token and frees its row and its slot.
+
+Time to first token (from the request's arrival to its first piece of answer: queueing, images, prefill) is sent
+in the ``X-Time-To-First-Token`` header (seconds) and logged with each finished request (logger ``mmgpt.serve``).
 
 Bad input never reaches a 5xx: every refusal is a 4xx in OpenAI's shape naming the bad value (an unreadable image
 by its place in the request, never by a server path), the first token is computed before the response starts (a
@@ -29,18 +33,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, InvalidMessageError, Reply
+from mmgpt.chat import ChatSession, ContextOverflowError, InvalidMessageError, Reply
 from mmgpt.data.images import ImageError, ImageTooLargeError, probe_image
 from mmgpt.serve.chat_request import ChatRequest, parse_chat_request, show
 from mmgpt.serve.errors import APIError, CatchAll, api_error_handler, bad_request, internal_error, log, new_request_id
 from mmgpt.serve.limits import Admission, ServeLimits
+from mmgpt.serve.models import Served, ServedModels
 
 MAX_JSON_DEPTH = 32  # a chat request nests 7 levels; a thousand-deep body is refused before anything recurses
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key: str | None = None) -> None:
-    """Install the /v1 routes and OpenAI-shaped error handlers on ``app``."""
+def add_api(app: FastAPI, models: ServedModels, limits: ServeLimits, *, api_key: str | None = None) -> None:
+    """Install the /v1 routes and OpenAI-shaped error handlers on ``app``: requests name one of ``models``."""
     admission = Admission(limits)
     app.state.admission = admission
     app.add_exception_handler(APIError, api_error_handler)
@@ -55,35 +60,39 @@ def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key
             raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
 
     @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
+    async def list_models(request: Request) -> JSONResponse:
         authorize(request)
-        names = [chat_model.name, *chat_model.adapters]
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "mmgpt"} for n in names]
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "mmgpt"} for n in models.names]
         return JSONResponse({"object": "list", "data": data})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        received = time.perf_counter()
         authorize(request)
         body = await _read_json(request, limits.max_request_bytes)
         parsed = parse_chat_request(body, limits)
-        adapter = _adapter(chat_model, parsed.model)
+        served = _served(models, parsed.model)
         await admission.acquire()
         try:
-            session, stream, first = await anyio.to_thread.run_sync(_start, chat_model, parsed, adapter, limits)
+            session, stream, first = await anyio.to_thread.run_sync(_start, served, parsed, limits)
         except BaseException:
             admission.release()
             raise
+        timing = _Timing(received, time.perf_counter())
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        headers = {"X-Time-To-First-Token": f"{timing.first_token_s:.4f}"}
         if not parsed.stream:
             try:
                 await anyio.to_thread.run_sync(_drain, stream)
             finally:
                 stream.close()
                 admission.release()
-            return JSONResponse(_completion(parsed.model, session.last))
+            timing.log(completion_id, parsed, session.last)
+            return JSONResponse(_completion(completion_id, parsed.model, session.last), headers=headers)
         return StreamingResponse(
-            _events(request, parsed, session, stream, first, admission),
+            _events(request, parsed, session, stream, first, admission, completion_id, timing),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
@@ -92,15 +101,16 @@ def add_api(app: FastAPI, chat_model: ChatModel, limits: ServeLimits, *, api_key
         raise APIError(404, f"no such endpoint /v1/{rest}; this server has /v1/chat/completions and /v1/models")
 
 
-def _adapter(chat_model: ChatModel, model: str) -> str | None:
-    if model == chat_model.name:
-        return None
-    if model in chat_model.adapters:
-        return model
-    known = [chat_model.name, *chat_model.adapters]
-    raise APIError(
-        404, f"model {show(model)} does not exist; this server has {known}", param="model", code="model_not_found"
-    )
+def _served(models: ServedModels, name: str) -> Served:
+    served = models.get(name)
+    if served is None:
+        raise APIError(
+            404,
+            f"model {show(name)} does not exist; this server has {models.names}",
+            param="model",
+            code="model_not_found",
+        )
+    return served
 
 
 async def _read_json(request: Request, limit: int) -> object:
@@ -184,12 +194,10 @@ def _image_error(error: ImageError, number: int, where: str, limits: ServeLimits
     return bad_request(message, param="messages", code="invalid_image")
 
 
-def _start(
-    chat_model: ChatModel, parsed: ChatRequest, adapter: str | None, limits: ServeLimits
-) -> tuple[ChatSession, Iterator[str], str | None]:
+def _start(served: Served, parsed: ChatRequest, limits: ServeLimits) -> tuple[ChatSession, Iterator[str], str | None]:
     """Decode and encode the images, render the conversation, check the context and compute the first piece of
     the answer (None: it is empty); return the session, the answer's stream and that first piece."""
-    session = ChatSession(chat_model, adapter=adapter, drop_oldest=False)
+    session = ChatSession(served.chat_model, adapter=served.adapter, drop_oldest=False)
     turns = []
     places: dict[str, tuple[int, str]] = {}  # temporary file -> (image number, where in the request)
     with tempfile.TemporaryDirectory(prefix="mmgpt-images-") as folder:
@@ -249,9 +257,39 @@ def _usage(reply: Reply) -> dict:
     }
 
 
-def _completion(model: str, reply: Reply) -> dict:
+class _Timing:
+    """When a request arrived and when its first piece of answer was ready (``perf_counter`` seconds)."""
+
+    def __init__(self, received: float, first: float) -> None:
+        self.received, self.first = received, first
+
+    @property
+    def first_token_s(self) -> float:
+        return self.first - self.received
+
+    def log(self, completion_id: str, parsed: ChatRequest, reply: Reply | None) -> None:
+        total = time.perf_counter() - self.received
+        if reply is None:
+            log.info("%s %s: ended before answering, %.3f s", completion_id, parsed.model, total)
+            return
+        log.info(
+            "%s %s: %d prompt tokens (%d from the cache), %d completion tokens, finish %s; first token %.3f s, "
+            "total %.3f s%s",
+            completion_id,
+            parsed.model,
+            reply.prompt_tokens,
+            reply.reused_tokens,
+            reply.completion_tokens,
+            reply.finish_reason,
+            self.first_token_s,
+            total,
+            ", streamed" if parsed.stream else "",
+        )
+
+
+def _completion(completion_id: str, model: str, reply: Reply) -> dict:
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -274,8 +312,10 @@ async def _events(
     stream: Iterator[str],
     first: str | None,
     admission: Admission,
+    completion_id: str,
+    timing: _Timing,
 ) -> AsyncIterator[str]:
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time())}
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time())}
     base["model"] = parsed.model
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
@@ -306,3 +346,4 @@ async def _events(
     finally:
         stream.close()
         admission.release()
+        timing.log(completion_id, parsed, session.last)

@@ -1,8 +1,12 @@
-"""One FastAPI app with both faces: the OpenAI-compatible API under /v1 and the browser demo at ``web_path``."""
+"""One FastAPI app with both faces: the OpenAI-compatible API under /v1 and the browser demo at ``web_path``.
+
+While the app runs, each served model batches every generation for it - the API's and the demo's - in one
+scheduler (``ChatModel.start_batching`` with the limits' ``batch_limits``), unless ``ServeLimits.batching`` is off.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -11,6 +15,7 @@ from fastapi import FastAPI
 from mmgpt.chat import ChatModel
 from mmgpt.serve.api import add_api
 from mmgpt.serve.limits import ServeLimits
+from mmgpt.serve.models import ServedModels
 
 
 @dataclass(frozen=True)
@@ -22,29 +27,44 @@ class ServeConfig:
     limits: ServeLimits = field(default_factory=ServeLimits)
 
 
-def build_app(chat_model: ChatModel, config: ServeConfig) -> FastAPI:
+def build_app(models: ServedModels | ChatModel | Sequence[ChatModel], config: ServeConfig) -> FastAPI:
+    """The app serving ``models`` (one model, or several: requests and the demo pick by name)."""
+    models = ServedModels.of(models)
     on_shutdown: list[Callable[[], object]] = []
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so atexit handlers never run: clean up here.
-        for cleanup in on_shutdown:
-            cleanup()
+        limits = config.limits
+        # A model already batching (another app over the same model) keeps its scheduler; the one who started it
+        # stops it.
+        owned = [m for m in models.chat_models if limits.batching and m.scheduler is None]
+        for chat_model in owned:
+            chat_model.start_batching(**limits.batch_limits)
+        app.state.scheduler = models.chat_models[0].scheduler
+        try:
+            yield
+        finally:
+            for chat_model in owned:
+                chat_model.stop_batching()
+            # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so atexit handlers never run: clean up here.
+            for cleanup in on_shutdown:
+                cleanup()
 
     app = FastAPI(title="mmgpt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    add_api(app, chat_model, config.limits, api_key=config.api_key)
+    app.state.scheduler = None
+    add_api(app, models, config.limits, api_key=config.api_key)
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": chat_model.name}
+        return {"status": "ok", "model": models.chat_models[0].name, "models": models.names}
 
     if config.web_path is not None:
         import gradio as gr
 
         from mmgpt.serve.web import build_demo
 
-        demo = build_demo(chat_model)
+        # Its sessions generate concurrently (gradio's default runs one at a time): they batch like the API's.
+        demo = build_demo(models, concurrency_limit=config.limits.max_active)
         on_shutdown.append(demo.cleanup)  # its example pictures' temporary folder
         # Mounted last, so /v1 and /health match first even when the demo sits at "/".
         gr.mount_gradio_app(
@@ -59,7 +79,7 @@ def build_app(chat_model: ChatModel, config: ServeConfig) -> FastAPI:
     return app
 
 
-def serve(chat_model: ChatModel, config: ServeConfig) -> None:
+def serve(models: ServedModels | ChatModel | Sequence[ChatModel], config: ServeConfig) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(chat_model, config), host=config.host, port=config.port, log_level="info")
+    uvicorn.run(build_app(models, config), host=config.host, port=config.port, log_level="info")

@@ -2,7 +2,8 @@
 
 Defaults are safe for a server reachable by others: images come inline (data URLs) unless http(s) fetching is
 switched on, ``file:`` URLs are never read, bodies, images and pixels are bounded, and a full queue answers at
-once (429) instead of piling up work.
+once (429) instead of piling up work. The generations admitted run as rows of one batch (continuous batching,
+``mmgpt.chat.scheduler``) bounded in rows and cached tokens, or - ``batching=False`` - take turns on the model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import asyncio
 from dataclasses import dataclass
 
 from mmgpt.serve.errors import APIError
+
+TURN_TAKING_ACTIVE = 4  # max_active's default without batching: they take turns, more only adds latency
 
 
 @dataclass(frozen=True)
@@ -21,17 +24,34 @@ class ServeLimits:
     max_images: int = 8  # per request (all messages together)
     allow_image_urls: bool = False  # fetch http(s) image URLs; file: URLs are refused regardless
     image_url_timeout_s: float = 10.0
-    max_active: int = 4  # generations running at once (they take turns on the model, one step each)
-    max_waiting: int = 16  # requests queued behind them; one more gets 429
+    # Continuous batching (False: generations take turns on the model one step each, under its lock).
+    batching: bool = True
+    max_rows: int = 8  # rows decoded together in one step
+    max_batch_tokens: int = 32_768  # rows x cached positions of the batch (the KV cache's size); more waits
+    prefill_chunk: int = 256  # prompt tokens prefilled between two decode steps (a long prompt is chunked)
+    # Generations admitted at once (default: max_rows with batching - one row each - else 4), and requests queued
+    # behind them (default: 2 x max_active); one more gets 429.
+    max_active: int | None = None
+    max_waiting: int | None = None
     queue_timeout_s: float = 60.0  # a request queued longer gets 503
     default_max_tokens: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_request_bytes", "max_image_bytes", "max_image_pixels", "max_images", "max_active"):
+        if self.max_active is None:
+            object.__setattr__(self, "max_active", self.max_rows if self.batching else TURN_TAKING_ACTIVE)
+        if self.max_waiting is None:
+            object.__setattr__(self, "max_waiting", 2 * self.max_active)
+        names = ("max_request_bytes", "max_image_bytes", "max_image_pixels", "max_images", "max_active", "max_rows")
+        for name in (*names, "max_batch_tokens", "prefill_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_waiting < 0 or self.queue_timeout_s <= 0:
             raise ValueError(f"max_waiting={self.max_waiting} must be >= 0 and queue_timeout_s > 0")
+
+    @property
+    def batch_limits(self) -> dict[str, int]:
+        """The scheduler's limits (``ChatModel.start_batching``)."""
+        return {"max_rows": self.max_rows, "max_tokens": self.max_batch_tokens, "prefill_chunk": self.prefill_chunk}
 
 
 class Admission:

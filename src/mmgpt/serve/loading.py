@@ -46,18 +46,34 @@ def parse_adapters(specs: Sequence[str]) -> dict[str, str]:
     return adapters
 
 
+def parse_models(specs: Sequence[str]) -> list[tuple[str | None, str]]:
+    """``--model [NAME=]MODEL`` arguments -> [(name or None, model)]: ``NAME=`` names a served model (default: the
+    directory's name), e.g. to serve two directories that share one."""
+    models = []
+    for spec in specs:
+        name, sep, model = spec.partition("=")
+        if not sep or "/" in name or "\\" in name:  # no name given (an '=' inside a path is part of the path)
+            name, model = None, spec
+        if name == "" or not model:
+            raise ValueError(f"--model {spec!r}: give MODEL or NAME=MODEL")
+        models.append((name, model))
+    return models
+
+
 def load_chat_model(
     spec: str,
     *,
+    name: str | None = None,
     adapters: dict[str, str] | None = None,
     device: str = "cpu",
     dtype: str | None = None,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ChatModel:
-    """The model of ``spec`` with each named adapter loaded beside the others over the shared base."""
+    """The model of ``spec`` (called ``name``, default the directory's name) with each named adapter loaded beside
+    the others over the shared base."""
     model, tokenizer = load_model(spec, device=device, dtype=dtype)
-    for name, path in (adapters or {}).items():
-        load_named_adapter(model, path, name)
+    for adapter, path in (adapters or {}).items():
+        load_named_adapter(model, path, adapter)
     model.to(device=device, dtype=next(model.parameters()).dtype)  # adapters join the base's device and dtype
-    name = TINY_RANDOM if spec == TINY_RANDOM else Path(spec).name
+    name = name or (TINY_RANDOM if spec == TINY_RANDOM else Path(spec).name)
     return ChatModel.wrap(model, tokenizer, name=name, max_image_pixels=max_image_pixels)

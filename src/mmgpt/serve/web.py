@@ -1,8 +1,11 @@
 """The browser demo (gradio): several images per message, multi-turn streaming chat, sampling controls,
-regenerate / undo / clear, examples, the adapter per conversation, and the exact prompt the model sees.
+regenerate / undo / clear, examples, the model or adapter per conversation, and the exact prompt the model sees.
 
 Each browser session owns one :class:`~mmgpt.chat.ChatSession` (kept in a ``gr.State``, freed an hour after the
-tab closes), so every turn reuses that conversation's cache. All sessions share the one model with the API.
+tab closes), so every turn reuses that conversation's cache. All sessions share the served models with the API:
+with batching on, their answers decode in the same batch as the API's. With several models served (e.g. the three
+systems of ``mmgpt experiment systems``) the *Model* menu lists them all; picking another model carries the
+conversation over to it (its prompt style, its image transform, a cache of its own).
 
 A bad message (an unreadable image, a literal ``<image>``, a prompt over the context) is a warning toast, never an
 error state: the conversation stays as it was, the input keeps its text and its good images, and the next message
@@ -25,6 +28,7 @@ import gradio as gr
 from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, InvalidMessageError
 from mmgpt.data.images import ImageError, ImageTooLargeError
 from mmgpt.generate import GenerationConfig
+from mmgpt.serve.models import ServedModels
 
 log = logging.getLogger("mmgpt.serve")
 
@@ -61,12 +65,27 @@ def image_problem(error: ImageError, max_pixels: int) -> str:
     return f"{Path(error.path).name}: {error.problem}; attach a complete PNG, JPEG, GIF or WebP file"
 
 
-def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Blocks:
-    names = [chat_model.name, *chat_model.adapters]
-    selected = chat_model.adapters[0] if chat_model.adapters else chat_model.name  # the tuned model, when given
+def build_demo(models: ServedModels | ChatModel, *, title: str | None = None, concurrency_limit: int = 1) -> gr.Blocks:
+    """The demo over ``models`` (one model, or several to choose from); up to ``concurrency_limit`` answers generate
+    at once (across all tabs): with a batching model they decode together, without one they take turns per token."""
+    models = ServedModels.of(models)
+    names, selected = models.names, models.default
+    first = models.chat_models[0]
+    title = title or ("MultiModal-GPT" if len(models.chat_models) == 1 else "mmgpt")
 
-    def adapter_of(name: str) -> str | None:
-        return None if name == chat_model.name else name
+    def session_for(session: ChatSession | None, name: str) -> ChatSession:
+        """The tab's session, on the model ``name`` picks (the conversation carried over when that is another)."""
+        served = models.get(name) or models.get(selected)
+        if session is None:
+            return ChatSession(served.chat_model, adapter=served.adapter)
+        if session.chat_model is not served.chat_model:
+            try:
+                return session.continued_on(served.chat_model, adapter=served.adapter)
+            except ImageError as error:  # an image of the conversation is gone: start afresh on the new model
+                gr.Warning(shown(f"the conversation could not move to {name} ({error.problem}); it starts afresh"))
+                return ChatSession(served.chat_model, adapter=served.adapter)
+        session.set_adapter(served.adapter)
+        return session
 
     def config(temperature: float, top_p: float, max_tokens: int) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=int(max_tokens), temperature=float(temperature), top_p=float(top_p))
@@ -103,8 +122,7 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
         yield gr.MultimodalTextbox(value=None), history_of(session), session, session.prompt_text()
 
     def respond(message: dict, session: ChatSession | None, model: str, temperature, top_p, max_tokens):
-        session = session or ChatSession(chat_model)
-        session.set_adapter(adapter_of(model))
+        session = session_for(session, model)
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text and not files:
@@ -116,7 +134,7 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
             # Keep the text and the good images; drop the file that failed.
             kept = [f for f in files if f != error.path]
             box = gr.MultimodalTextbox(value={"text": text, "files": kept})
-            yield unchanged(session, image_problem(error, chat_model.transform.max_pixels), box)
+            yield unchanged(session, image_problem(error, session.chat_model.transform.max_pixels), box)
             return
         except (InvalidMessageError, ContextOverflowError) as error:
             yield unchanged(session, str(error), gr.MultimodalTextbox(value={"text": text, "files": files}))
@@ -125,9 +143,9 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
 
     def regenerate(session: ChatSession | None, model: str, temperature, top_p, max_tokens):
         if session is None or not session.turns:
-            yield unchanged(session or ChatSession(chat_model), "nothing to regenerate yet")
+            yield unchanged(session_for(session, model), "nothing to regenerate yet")
             return
-        session.set_adapter(adapter_of(model))
+        session = session_for(session, model)
         try:
             stream = session.regenerate(config(temperature, top_p, max_tokens))
         except (InvalidMessageError, ContextOverflowError) as error:
@@ -147,16 +165,19 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
 
     examples_folder = Path(tempfile.mkdtemp(prefix="mmgpt-examples-"))
     images = example_images(examples_folder)
-    selection = f"Model: `{chat_model.name}`" + (
+    selection = f"Model: `{first.name}`" + (
         f", answering with its LoRA adapter `{selected}` (choose another, or the base, under *Model / LoRA adapter*)."
-        if selected != chat_model.name
+        if selected != first.name
         else "."
     )
+    if len(models.chat_models) > 1:
+        others = ", ".join(f"`{m.name}`" for m in models.chat_models[1:])
+        selection += f" Also served: {others} - pick one under *Model / LoRA adapter* to continue the chat with it."
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
             f"## {title}\nMulti-turn chat about images. Attach one or more images to any message; each becomes one "
-            f"`<image>` token in the prompt. {selection}",
+            f"`<image>` in the prompt. {selection}",
             elem_id="intro",
         )
         session = gr.State(None, time_to_live=SESSION_TTL_S)
@@ -188,8 +209,13 @@ def build_demo(chat_model: ChatModel, *, title: str = "MultiModal-GPT") -> gr.Bl
         )
         controls = [model, temperature, top_p, max_tokens]
         outputs = [box, chatbot, session, prompt]
-        box.submit(respond, [box, session, *controls], outputs)
-        regenerate_button.click(regenerate, [session, *controls], outputs)
+        # One limit for both: answering and regenerating take the same kind of place in the batch.
+        box.submit(
+            respond, [box, session, *controls], outputs, concurrency_limit=concurrency_limit, concurrency_id="answer"
+        )
+        regenerate_button.click(
+            regenerate, [session, *controls], outputs, concurrency_limit=concurrency_limit, concurrency_id="answer"
+        )
         undo_button.click(undo, [session], [chatbot, session, prompt])
         clear_button.click(clear, [session], [chatbot, session, prompt])
     # The example pictures go when the server does (at exit, or when the demo is garbage-collected).

@@ -1,0 +1,321 @@
+"""Serving under concurrent clients: continuous batching versus taking turns, through the real server over HTTP.
+
+The model is bench/chat.py's (a LLaMA-style decoder of 8 layers x 512 with a gated block every 4, a one-layer ViT of
+CLIP-L width at 224 px, 64 latents per image, random weights, a byte-level tokenizer of the paper's template),
+saved with ``save_pretrained`` and served by ``mmgpt serve --no-web`` in two processes on loopback: one batching
+(``--max-rows 16``), one with ``--no-batching`` (generations take turns on the model one step at a time; the
+behaviour before continuous batching). Both admit 16 requests at once (``--max-active 16``).
+
+For each number of clients (1, 2, 4, 8, 16), each client (a thread with its own official ``openai`` client) streams
+``--requests`` chat completions one after another: every other one with an image, every other one seeded sampling
+(the rest greedy), up to ``--max-tokens`` tokens. Measured per run: total completion tokens/s, requests/s, p50/p99
+latency (request sent -> last chunk), p50 time to first token (request sent -> first content chunk, as the client
+sees it; the server's own figure from the ``X-Time-To-First-Token`` header beside it). The variants are
+interleaved - per round, per client count, both run back to back in alternating order - and compared per pair
+(the machine is shared and noisy; ratios of runs next to each other are what to read). Every request's answer must
+be the same in both variants and every round (greedy and seeded).
+
+Prints the runs, a table of medians over rounds with the per-pair ratios, and - as the last line - one JSON object.
+
+    python bench/serve.py [--clients 1,2,4,8,16] [--requests 3] [--max-tokens 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import torch
+
+from chat import build_chat_model, picture, png_data_url  # bench/ is on sys.path when a benchmark runs
+
+VARIANTS = ("turns", "batching")
+FLAGS = {"turns": ["--no-batching"], "batching": ["--max-rows", "16"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``mmgpt serve`` in a process of its own; its log (one line per request) goes to a file."""
+
+    def __init__(self, model: Path, variant: str, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"server-{variant}.log"
+        command = [sys.executable, "-m", "mmgpt", "serve", "--model", str(model), "--no-web"]
+        command += ["--port", str(self.port), "--max-active", "16", "--max-waiting", "16", *FLAGS[variant]]
+        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {variant} server did not start:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def request(client: int, number: int, max_tokens: int, images: dict[int, str]) -> dict:
+    """The ``number``-th request of ``client``: with an image every other time, seeded sampling every other time."""
+    text = f"Client {client}, question {number}: describe what you see, please."
+    content: list[dict] = [{"type": "text", "text": text}]
+    if (client + number) % 2 == 0:
+        content.append({"type": "image_url", "image_url": {"url": images[100 + 10 * client + number]}})
+    body = {"model": "bench", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+    body.update(stream=True, stream_options={"include_usage": True}, temperature=0)
+    if number % 2 == 1:
+        body.update(temperature=0.8, top_p=0.95, seed=1000 * client + number)
+    return body
+
+
+def one_run(url: str, clients: int, requests: int, max_tokens: int, images: dict[int, str]) -> tuple[dict, dict]:
+    """``clients`` threads streaming ``requests`` requests each; the figures, and every answer by (client, number)."""
+    records: list[dict] = []
+    answers: dict[str, str] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_line = threading.Barrier(clients)
+
+    def client(index: int) -> None:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+        start_line.wait()
+        for number in range(requests):
+            body = request(index, number, max_tokens, images)
+            sent = time.perf_counter()
+            try:
+                raw = api.chat.completions.with_raw_response.create(**body)
+                first, pieces, usage = None, [], None
+                for chunk in raw.parse():
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        first = first or time.perf_counter()
+                        pieces.append(chunk.choices[0].delta.content)
+                done = time.perf_counter()
+            except openai.OpenAIError as error:
+                with lock:
+                    errors.append(f"client {index} request {number}: {error}")
+                continue
+            with lock:
+                answers[f"{index}/{number}"] = "".join(pieces)
+                records.append(
+                    {
+                        "sent": sent,
+                        "done": done,
+                        "latency": done - sent,
+                        "ttft": (first or done) - sent,
+                        "server_ttft": float(raw.headers.get("x-time-to-first-token", "nan")),
+                        "tokens": usage.completion_tokens if usage else 0,
+                    }
+                )
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if not records:
+        raise RuntimeError(f"every request failed: {errors[:3]}")
+    wall = max(r["done"] for r in records) - min(r["sent"] for r in records)
+    latencies = sorted(r["latency"] for r in records)
+    figures = {
+        "clients": clients,
+        "requests": len(records),
+        "errors": len(errors),
+        "wall_s": wall,
+        "tokens": sum(r["tokens"] for r in records),
+        "tokens_per_s": sum(r["tokens"] for r in records) / wall,
+        "requests_per_s": len(records) / wall,
+        "p50_s": statistics.median(latencies),
+        "p99_s": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        "ttft_p50_s": statistics.median(r["ttft"] for r in records),
+        "server_ttft_p50_s": statistics.median(r["server_ttft"] for r in records),
+    }
+    return figures, answers
+
+
+RATIOS = {  # name: (figure, turns over batching?) - every ratio reads "batching is this many times better"
+    "tokens_per_s": ("tokens_per_s", False),
+    "requests_per_s": ("requests_per_s", False),
+    "p50_latency": ("p50_s", True),
+    "p99_latency": ("p99_s", True),
+    "ttft_p50": ("ttft_p50_s", True),
+}
+
+
+def step_ceiling(chat, rows: list[int], cached: int = 100, steps: int = 25) -> dict[int, float]:
+    """The model's own decode step, alone in this process (no server, no prefill, no images): tokens/s at each
+    number of rows, from the median of ``steps`` steps over ``cached`` cached positions. Batching's scaling can
+    reach at most this curve's (on a CPU a step's cost grows with its rows: it computes, not only reads)."""
+    model = chat.model
+    ceiling = {}
+    with torch.no_grad():
+        for b in rows:
+            ids = torch.full((b, cached), 5)
+            cache = model(ids, attention_mask=torch.ones_like(ids), use_cache=True).cache
+            token, times = torch.full((b, 1), 6), []
+            for _ in range(steps):
+                start = time.perf_counter()
+                cache = model(token, attention_mask=torch.ones_like(token), cache=cache, use_cache=True).cache
+                times.append(time.perf_counter() - start)
+            ceiling[b] = b / statistics.median(times[3:])
+    return ceiling
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,2,4,8,16", help="client counts, comma-separated")
+    parser.add_argument("--requests", type=int, default=3, help="streamed one after another by each client")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="each round runs every client count in both variants")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.clients.split(",")]
+
+    folder = Path(tempfile.mkdtemp(prefix="mmgpt-bench-serve-"))
+    from mmgpt.model.checkpoints.ours import save_pretrained
+
+    chat = build_chat_model("following")
+    model = save_pretrained(chat.model, chat.tokenizer, folder / "bench")  # served as model "bench"
+    ceiling = step_ceiling(chat, counts)
+    del chat
+    images = {100 + 10 * c + n: png_data_url(picture(100 + 10 * c + n)) for c in range(max(counts)) for n in range(9)}
+    servers = {variant: Server(model, variant, folder) for variant in VARIANTS}
+    print(f"model saved in {model}; servers' logs in {folder}", flush=True)
+    try:
+        for server in servers.values():  # untimed: first calls, allocator, threads
+            one_run(server.url, 2, 2, 4, images)
+        runs: list[dict] = []
+        answers: dict[str, dict[str, str]] = {}  # request -> answer, per (variant, round, clients)
+        for round_ in range(args.rounds):
+            for k, clients in enumerate(counts):
+                order = VARIANTS if (round_ + k) % 2 == 0 else VARIANTS[::-1]
+                for variant in order:
+                    figures, got = one_run(servers[variant].url, clients, args.requests, args.max_tokens, images)
+                    runs.append({"round": round_, "variant": variant, **figures})
+                    answers[f"{variant}/{round_}/{clients}"] = got
+                    print(
+                        f"round {round_} {clients:>2} clients {variant:>8}: {figures['tokens_per_s']:7.1f} tok/s "
+                        f"{figures['requests_per_s']:5.2f} req/s  p50 {figures['p50_s']:6.2f} s  p99 "
+                        f"{figures['p99_s']:6.2f} s  TTFT p50 {figures['ttft_p50_s']:5.2f} s"
+                        + (f"  ({figures['errors']} errors)" if figures["errors"] else ""),
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    # The same request gets the same answer everywhere (greedy, and seeded sampling).
+    by_request: dict[str, set[str]] = {}
+    for got in answers.values():
+        for key, text in got.items():
+            by_request.setdefault(key, set()).add(text)
+    differing = sorted(key for key, texts in by_request.items() if len(texts) > 1)
+
+    def run_of(round_: int, clients: int, variant: str) -> dict:
+        return next(r for r in runs if (r["round"], r["clients"], r["variant"]) == (round_, clients, variant))
+
+    table = []
+    for clients in counts:
+        row: dict = {"clients": clients}
+        for variant in VARIANTS:
+            mine = [run_of(r, clients, variant) for r in range(args.rounds)]
+            for figure in ("tokens_per_s", "requests_per_s", "p50_s", "p99_s", "ttft_p50_s", "server_ttft_p50_s"):
+                row[f"{variant}_{figure}"] = statistics.median(m[figure] for m in mine)
+        for name, (figure, inverse) in RATIOS.items():
+            pairs = [(run_of(r, clients, v)[figure] for v in VARIANTS) for r in range(args.rounds)]
+            row[f"ratio_{name}"] = statistics.median(t / b if inverse else b / t for t, b in pairs)
+        # Scaling: batching's tokens/s at this many clients over one client's, in the same round.
+        row["batching_scaling_vs_1_client"] = statistics.median(
+            run_of(r, clients, "batching")["tokens_per_s"] / run_of(r, counts[0], "batching")["tokens_per_s"]
+            for r in range(args.rounds)
+        )
+        row["turns_scaling_vs_1_client"] = statistics.median(
+            run_of(r, clients, "turns")["tokens_per_s"] / run_of(r, counts[0], "turns")["tokens_per_s"]
+            for r in range(args.rounds)
+        )
+        table.append(row)
+
+    print(
+        f"\nmedians over {args.rounds} rounds; each client streams {args.requests} requests of up to "
+        f"{args.max_tokens} tokens (half with an image); ratios: batching's advantage, per pair, median"
+    )
+    header = (
+        f"{'clients':>7} | {'tok/s turns':>11} {'batching':>9} {'x':>6} | {'req/s x':>7} | "
+        f"{'p99 s turns':>11} {'batching':>9} {'x':>6} | {'TTFT p50 turns':>14} {'batching':>9} | "
+        f"{'scaling vs 1 client':>19}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        print(
+            f"{row['clients']:>7} | {row['turns_tokens_per_s']:>11.1f} {row['batching_tokens_per_s']:>9.1f} "
+            f"{row['ratio_tokens_per_s']:>5.2f}x | {row['ratio_requests_per_s']:>6.2f}x | "
+            f"{row['turns_p99_s']:>11.2f} {row['batching_p99_s']:>9.2f} {row['ratio_p99_latency']:>5.2f}x | "
+            f"{row['turns_ttft_p50_s']:>14.2f} {row['batching_ttft_p50_s']:>9.2f} | "
+            f"{row['batching_scaling_vs_1_client']:>8.2f}x ({row['turns_scaling_vs_1_client']:.2f}x turns)"
+        )
+    first = counts[0]
+    print(
+        "the model's decode step alone (no server), tokens/s by rows: "
+        + ", ".join(f"{b}: {ceiling[b]:.0f} ({ceiling[b] / ceiling[first]:.2f}x)" for b in counts)
+    )
+    for row in table:
+        row["step_alone_tokens_per_s"] = ceiling[row["clients"]]
+        row["step_alone_scaling"] = ceiling[row["clients"]] / ceiling[first]
+        # Against the server before batching: this many clients batched over one client taking turns.
+        row["batching_vs_1_client_turns"] = statistics.median(
+            run_of(r, row["clients"], "batching")["tokens_per_s"] / run_of(r, first, "turns")["tokens_per_s"]
+            for r in range(args.rounds)
+        )
+    print(
+        "batching's tokens/s over one client's taking turns (the server before): "
+        + ", ".join(f"{row['clients']}: {row['batching_vs_1_client_turns']:.2f}x" for row in table)
+    )
+    print(
+        f"same answers in both variants and every round: {'yes' if not differing else 'NO'} "
+        f"({len(by_request)} requests{', differing: ' + ', '.join(differing[:5]) if differing else ''})"
+    )
+    eight = next((row for row in table if row["clients"] == 8), None)
+    summary = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {
+            "clients": counts,
+            "requests_per_client": args.requests,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            "flags": FLAGS,
+        },
+        "table": table,
+        "runs": runs,
+        "same_answers": not differing,
+        "differing_requests": differing,
+        "target_8_clients_5x_one_client": None
+        if eight is None
+        else eight["batching_scaling_vs_1_client"] >= 5 and eight["batching_p99_s"] < eight["turns_p99_s"],
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
