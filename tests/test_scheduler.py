@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mmgpt.chat import ChatModel, ChatSession
+from mmgpt.chat import ChatModel, ChatSession, start_batching, stop_batching
 from mmgpt.generate import GenerationConfig
 from tests.test_chat import from_scratch, model_with_adapters, picture
 from tests.toy_prefix import make_tokenizer, make_toy
@@ -77,18 +77,18 @@ def flamingo(tmp_path_factory) -> ChatModel:
 @pytest.mark.parametrize("prefill_chunk", [256, 5])
 def test_concurrent_sessions_in_one_batch_answer_as_each_alone(flamingo, prefill_chunk):
     alone = [converse(flamingo, i) for i in range(len(SESSIONS))]
-    scheduler = flamingo.start_batching(max_rows=8, prefill_chunk=prefill_chunk)
+    scheduler = start_batching(flamingo, max_rows=8, prefill_chunk=prefill_chunk)
     try:
         batched = run_concurrently(flamingo, list(range(len(SESSIONS))))
     finally:
-        flamingo.stop_batching()
+        stop_batching(flamingo)
     assert batched == alone
     if prefill_chunk >= 256:  # prompts prefilled whole: every first turn joins the batch at once
         assert scheduler.peak_rows == len(SESSIONS)
 
 
 def test_a_client_that_leaves_frees_its_row_and_its_session_goes_on(flamingo):
-    flamingo.start_batching(max_rows=4)
+    start_batching(flamingo, max_rows=4)
     try:
         session = ChatSession(flamingo, adapter="one")
         stream = session.send("describe the image", images=[picture(3)], config=GenerationConfig(max_new_tokens=30))
@@ -101,18 +101,18 @@ def test_a_client_that_leaves_frees_its_row_and_its_session_goes_on(flamingo):
         assert answer == expected.strip()
         assert session.last.reused_tokens > 0  # the cancelled row's cache came back to its session
     finally:
-        flamingo.stop_batching()
+        stop_batching(flamingo)
 
 
 def test_a_prefix_model_batches_through_the_contract():
     tokenizer = make_tokenizer()
     chat = ChatModel.wrap(make_toy(tokenizer), tokenizer)
     alone = [converse(chat, i, adapters=False) for i in range(len(SESSIONS))]
-    scheduler = chat.start_batching(max_rows=4)
+    scheduler = start_batching(chat, max_rows=4)
     try:
         batched = run_concurrently(chat, list(range(len(SESSIONS))), adapters=False)
     finally:
-        chat.stop_batching()
+        stop_batching(chat)
     assert batched == alone
     assert scheduler.peak_rows >= 2
 
@@ -129,7 +129,7 @@ def test_a_turn_sent_before_its_cancelled_row_left_waits_for_its_cache(tmp_path)
     """The next turn of a session can arrive while its previous, cancelled row is still in the batch (it leaves at
     the next step): it waits for the cache to come back instead of continuing a cache still being written."""
     slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one", "two")))
-    scheduler = slow.start_batching(max_rows=4)
+    scheduler = start_batching(slow, max_rows=4)
     try:
         session = ChatSession(slow, adapter="two")
         stream = session.send("describe the image", images=[picture(5)], config=GenerationConfig(max_new_tokens=400))
@@ -155,16 +155,16 @@ def test_a_turn_sent_before_its_cancelled_row_left_waits_for_its_cache(tmp_path)
         expected = slow.tokenizer.decode(from_scratch(slow, session, greedy), skip_special_tokens=True)
         assert third.text == expected.strip() and third.reused_tokens > 0
     finally:
-        slow.stop_batching()
+        stop_batching(slow)
 
 
 def test_stopping_the_scheduler_ends_the_turns_still_running(tmp_path):
     slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one",)))
-    slow.start_batching()
+    start_batching(slow)
     session = ChatSession(slow)
     stream = session.send("describe the image", images=[picture(1)], config=GenerationConfig(max_new_tokens=400))
     next(stream)
-    slow.stop_batching()  # e.g. the server shutting down mid-answer
+    stop_batching(slow)  # e.g. the server shutting down mid-answer
     with pytest.raises(RuntimeError, match="scheduler stopped"):
         list(stream)
     assert session.last.finish_reason == "cancelled"
@@ -181,9 +181,9 @@ def test_with_batching_on_a_cpu_every_tensor_operation_runs_on_the_scheduler_thr
 
     monkeypatch.setattr(flamingo, "transform", record(transform))
     monkeypatch.setattr(flamingo.model, "embed_images", record(embed))
-    flamingo.start_batching()
+    start_batching(flamingo)
     try:
         ChatSession(flamingo).ask("describe", images=[picture(7)], config=GenerationConfig(max_new_tokens=2))
     finally:
-        flamingo.stop_batching()
+        stop_batching(flamingo)
     assert threads == {"mmgpt-scheduler"}

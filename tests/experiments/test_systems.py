@@ -11,7 +11,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from mmgpt.experiments.measures import repeated_ngrams
-from mmgpt.experiments.systems import NO_LANGUAGE, STAGE1_ONLY, SystemsConfig, run
+from mmgpt.experiments.recipes import NO_LANGUAGE, STAGE1_ONLY, SystemsConfig
+from mmgpt.experiments.systems import run
 
 
 def test_repeated_ngrams_counts_repeats_within_each_text():

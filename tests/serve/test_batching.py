@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from mmgpt.chat import ChatModel, ChatSession
+from mmgpt.chat import ChatModel, ChatSession, start_batching, stop_batching
 from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.limits import ServeLimits
 from tests.serve.conftest import EndlessChatModel, free_port, live_server, png, tiny_chat_model
@@ -190,11 +190,11 @@ def test_web_demo_sessions_batch_and_reuse_their_cache(chat, tmp_path):
     demo = build_demo(chat, concurrency_limit=4)
     try:
         alone = converse(demo)
-        scheduler = chat.start_batching(max_rows=4)
+        scheduler = start_batching(chat, max_rows=4)
         try:
             batched = converse(demo)
         finally:
-            chat.stop_batching()
+            stop_batching(chat)
     finally:
         demo.cleanup()
     assert batched == alone and all(len(answers) == 2 for answers in batched[0])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -14,11 +14,20 @@ from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
 from mmgpt.model.contract import Media, ModelCache, ModelOutput, VisionLanguageModel
 from mmgpt.model.lora import adapter_names, lora_layers, row_adapters, select_adapter
 
-if TYPE_CHECKING:
-    from mmgpt.chat.scheduler import Scheduler
-
 T = TypeVar("T")
 DEFAULT_CONTEXT = 2048  # when the LM's config names no maximum
+
+
+class Batching(Protocol):
+    """What a :class:`ChatModel` and its sessions ask of the scheduler batching it (``chat/scheduler.py``)."""
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run where the model computes, between two steps."""
+
+    def stream(self, job: Any) -> Iterator[Any]:
+        """A turn's events as it decodes in the batch."""
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -33,8 +42,9 @@ class ChatModel:
     name: str = "mmgpt"
     max_context: int = DEFAULT_CONTEXT
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # When set, every session's turns decode together in one batch (continuous batching, chat/scheduler.py).
-    scheduler: Scheduler | None = field(default=None, repr=False)
+    # When set, every session's turns decode together in one batch (continuous batching: chat/scheduler.py's
+    # start_batching sets it, stop_batching clears it).
+    scheduler: Batching | None = field(default=None, repr=False)
     _layers: list = field(default_factory=list, repr=False)
     _active: str | None = field(default=None, repr=False)
 
@@ -54,20 +64,6 @@ class ChatModel:
         if chat._layers:
             select_adapter(model, None, chat._layers)
         return chat
-
-    def start_batching(self, **limits: int) -> Scheduler:
-        """Decode every session's turns together from now on (limits: ``Scheduler``'s max_rows, max_tokens,
-        prefill_chunk); returns the scheduler (``stop_batching`` ends it)."""
-        from mmgpt.chat.scheduler import Scheduler
-
-        if self.scheduler is None:
-            self.scheduler = Scheduler(self, **limits)
-        return self.scheduler
-
-    def stop_batching(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.close()
-            self.scheduler = None
 
     @property
     def adapters(self) -> list[str]:

@@ -32,10 +32,10 @@ import torch
 
 from mmgpt.chat.cache import ConversationCache
 from mmgpt.chat.model import ChatModel
+from mmgpt.detokenize import RowText
 from mmgpt.generate import (
     FinishReason,
     GenerationConfig,
-    RowText,
     make_generator,
     next_tokens,
     stop_ids_of,
@@ -309,30 +309,11 @@ class Scheduler:
             self._leave(leaving)
 
     def _leave(self, leaving: list[int]) -> None:
-        """Take rows out of the batch without copying the others: each freed slot gets a row from the end (that
-        row's cached keys/values copied in place - the batch owns them, every step makes them anew), then the batch
-        is cut short (a view)."""
-        n = len(self._rows) - len(leaving)
-        if n == 0:
+        """Take the rows ``leaving`` out of the batch (``ModelCache.without_rows``: the last rows fill the slots)."""
+        if len(leaving) == len(self._rows):
             self._rows, self._batch = [], None
             return
-        gone = set(leaving)
-        free = [i for i in leaving if i < n]
-        movers = [i for i in range(n, len(self._rows)) if i not in gone]
-        order = list(range(n))
-        for slot, row in zip(free, movers, strict=True):
-            order[slot] = row
-        batch = self._batch
-        for layer in batch.kv.layers:
-            if layer.keys is None or not layer.keys.numel():
-                continue
-            for slot, row in zip(free, movers, strict=True):
-                layer.keys[slot] = layer.keys[row]
-                layer.values[slot] = layer.values[row]
-            layer.keys, layer.values = layer.keys[:n], layer.values[:n]
-        index = torch.tensor(order, device=batch.attention_mask.device)
-        media = batch.media.select(index) if batch.media is not None else None
-        self._batch = ModelCache(batch.kv, media, batch.placeholders_seen[index], batch.attention_mask[index]).trim()
+        self._batch, order = self._batch.without_rows(leaving)
         self._rows = [self._rows[i] for i in order]
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
@@ -391,3 +372,18 @@ class Scheduler:
         for job in jobs:
             job.cache.clear()
             job.events.put(("error", error))
+
+
+def start_batching(chat_model: ChatModel, **limits: int) -> Scheduler:
+    """Decode every session's turns over ``chat_model`` together from now on (limits: :class:`Scheduler`'s
+    max_rows, max_tokens, prefill_chunk); returns the scheduler (:func:`stop_batching` ends it)."""
+    if chat_model.scheduler is None:
+        chat_model.scheduler = Scheduler(chat_model, **limits)
+    return chat_model.scheduler
+
+
+def stop_batching(chat_model: ChatModel) -> None:
+    """Back to taking turns: the scheduler stops (answers still running end with an error)."""
+    if chat_model.scheduler is not None:
+        chat_model.scheduler.close()
+        chat_model.scheduler = None

@@ -26,7 +26,8 @@ from mmgpt.chat.scheduler import Job
 from mmgpt.data.conversation import Conversation, ImageRef, Message
 from mmgpt.data.styles import get_style
 from mmgpt.data.tokenize import SampleDropped, tokenize_prompt
-from mmgpt.generate import FinishReason, GenerationConfig, RowText, decode, stop_ids_of, stream_text, suppressed_ids
+from mmgpt.detokenize import RowText
+from mmgpt.generate import FinishReason, GenerationConfig, decode, stop_ids_of, stream_text, suppressed_ids
 
 
 class ContextOverflowError(ValueError):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mmgpt.commands.demo import demo_config
 from mmgpt.demo import DemoConfig
-from mmgpt.experiments.systems import SystemsConfig
+from mmgpt.experiments.recipes import SystemsConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from mmgpt.model.contract import VisionLanguageModel
 
 if TYPE_CHECKING:
-    from mmgpt.experiments.systems import SystemsConfig
+    from mmgpt.experiments.recipes import SystemsConfig
 
 _WORD = re.compile(r"[a-z0-9']+")
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmgpt.experiments.systems import NO_LANGUAGE, STAGE1_ONLY
+from mmgpt.experiments.recipes import NO_LANGUAGE, STAGE1_ONLY
 
 if TYPE_CHECKING:
     from rich.console import Console

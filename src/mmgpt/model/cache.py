@@ -108,6 +108,30 @@ class ModelCache:
         media = self.media.select(rows) if self.media is not None else None
         return ModelCache(kv, media, self.placeholders_seen[rows], self.attention_mask[rows])
 
+    def without_rows(self, leaving: Sequence[int]) -> tuple[ModelCache, list[int]]:
+        """The batch without rows ``leaving`` (continuous batching), copying no other row but the ones that move:
+        each freed slot below the new size takes a row from the end (its keys/values copied in place: the batch
+        owns them, every step makes them anew), then the batch is cut short (a view). Also returns, for each new
+        row, the old row it is."""
+        n = self.rows - len(leaving)
+        gone = set(leaving)
+        free = [i for i in leaving if i < n]
+        movers = [i for i in range(n, self.rows) if i not in gone]
+        order = list(range(n))
+        for slot, row in zip(free, movers, strict=True):
+            order[slot] = row
+        for layer in self.kv.layers:
+            if layer.keys is None or not layer.keys.numel():
+                continue
+            for slot, row in zip(free, movers, strict=True):
+                layer.keys[slot] = layer.keys[row]
+                layer.values[slot] = layer.values[row]
+            layer.keys, layer.values = layer.keys[:n], layer.values[:n]
+        index = torch.tensor(order, device=self.attention_mask.device)
+        media = self.media.select(index) if self.media is not None else None
+        kept = ModelCache(self.kv, media, self.placeholders_seen[index], self.attention_mask[index])
+        return kept.trim(), order
+
     @staticmethod
     def merge(caches: Sequence[ModelCache]) -> ModelCache:
         """One cache holding the rows of several, left-padded to the longest: the padding is masked out, and

@@ -1,7 +1,7 @@
 """One FastAPI app with both faces: the OpenAI-compatible API under /v1 and the browser demo at ``web_path``.
 
 While the app runs, each served model batches every generation for it - the API's and the demo's - in one
-scheduler (``ChatModel.start_batching`` with the limits' ``batch_limits``), unless ``ServeLimits.batching`` is off.
+scheduler (``mmgpt.chat.start_batching`` with the limits' ``batch_limits``), unless ``ServeLimits.batching`` is off.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-from mmgpt.chat import ChatModel
+from mmgpt.chat import ChatModel, start_batching, stop_batching
 from mmgpt.serve.api import add_api
 from mmgpt.serve.limits import ServeLimits
 from mmgpt.serve.models import ServedModels
@@ -39,13 +39,13 @@ def build_app(models: ServedModels | ChatModel | Sequence[ChatModel], config: Se
         # stops it.
         owned = [m for m in models.chat_models if limits.batching and m.scheduler is None]
         for chat_model in owned:
-            chat_model.start_batching(**limits.batch_limits)
+            start_batching(chat_model, **limits.batch_limits)
         app.state.scheduler = models.chat_models[0].scheduler
         try:
             yield
         finally:
             for chat_model in owned:
-                chat_model.stop_batching()
+                stop_batching(chat_model)
             # uvicorn re-raises SIGTERM/SIGINT after its shutdown, so atexit handlers never run: clean up here.
             for cleanup in on_shutdown:
                 cleanup()

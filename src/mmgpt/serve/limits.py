@@ -50,7 +50,7 @@ class ServeLimits:
 
     @property
     def batch_limits(self) -> dict[str, int]:
-        """The scheduler's limits (``ChatModel.start_batching``)."""
+        """The scheduler's limits (``mmgpt.chat.start_batching``)."""
         return {"max_rows": self.max_rows, "max_tokens": self.max_batch_tokens, "prefill_chunk": self.prefill_chunk}
 
 
