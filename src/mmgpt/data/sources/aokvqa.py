@@ -24,7 +24,8 @@ class AOKVQAOptions:
     reason_questions: list[str] = field(default_factory=lambda: list(REASON_QUESTIONS))
 
 
-def _image_path(value: dict) -> str:
+def aokvqa_image(value: dict) -> str:
+    """The image of an A-OKVQA row, relative to the COCO root: ``image``, or ``{split}2017/{image_id:012d}.jpg``."""
     if "image" in value:
         return require(value, "image", str)
     split = text_field(value, "split")
@@ -44,7 +45,7 @@ def convert(row: Row, options: AOKVQAOptions, ctx: RowContext) -> list[Conversat
     if not 0 <= correct < len(choices):
         raise RowError("correct_choice_idx", f"{correct} is outside the {len(choices)} choices")
     rationales = [r.strip() for r in string_list(value, "rationales")]
-    image = ctx.image(_image_path(value))
+    image = ctx.image(aokvqa_image(value))
     instruction = f"{question} {ctx.pick(options.reason_questions, row)}"
     options_text = join_options(choices) if options.variant == "multiple_choice" else None
     return [

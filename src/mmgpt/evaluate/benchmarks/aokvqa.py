@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmgpt.data.sources.aokvqa import aokvqa_image
 from mmgpt.data.sources.base import RowError, require, string_list, text_field
 from mmgpt.data.sources.jsonio import JsonFiles
 from mmgpt.evaluate.benchmarks.common import ItemId, aligned, image_path, located, mean, take, write_json
@@ -34,18 +35,6 @@ class AokvqaPrediction:
 
     multiple_choice: str | None = None
     direct_answer: str | None = None
-
-
-def _image(value: dict) -> str:
-    if "image" in value:
-        return require(value, "image", str)
-    split = text_field(value, "split")
-    image_id = require(value, "image_id", (int, str))
-    try:
-        number = int(image_id)
-    except ValueError:
-        raise RowError("image_id", f"expected a COCO image number, got {image_id!r}") from None
-    return f"{split}2017/{number:012d}.jpg"
 
 
 def read_aokvqa(
@@ -67,7 +56,7 @@ def read_aokvqa(
             direct = string_list(value, "direct_answers")
             difficult = require(value, "difficult_direct_answer", bool)
             rationales = string_list(value, "rationales", min_items=0) if "rationales" in value else []
-            relative = _image(value)
+            relative = aokvqa_image(value)
         image = image_path(root, relative, check=check_images, path=path, where=row.where)
         fields = (tuple(choices), correct, tuple(direct), difficult, tuple(rationales))
         items.append(MultipleChoiceItem(question_id, image, question, *fields))
