@@ -95,7 +95,11 @@ def test_the_demo_lists_every_model_and_carries_a_conversation_to_another(models
         menu = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model")
         assert menu.choices == [(n, n) for n in ("tiny", "one", "two", "toy")] and menu.value == "one"
         intro = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "intro")
-        assert "Also served: `toy`" in intro.value
+        assert "Also served: `toy`" in intro.value and intro.value.startswith("## mmgpt\n")
+        for chat, title in ((toy, "MiniGPT-4"), (flamingo, "MultiModal-GPT")):  # one model: its system's name
+            alone_demo = build_demo(chat)
+            assert alone_demo.title == title
+            alone_demo.cleanup()
         respond = next(f.fn for f in demo.fns.values() if f.name == "respond")
 
         def say(text, files, session, model):

@@ -27,6 +27,7 @@ import gradio as gr
 
 from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, InvalidMessageError
 from mmgpt.data.images import ImageError, ImageTooLargeError
+from mmgpt.data.styles import get_style
 from mmgpt.generate import GenerationConfig
 from mmgpt.serve.models import ServedModels
 
@@ -71,7 +72,9 @@ def build_demo(models: ServedModels | ChatModel, *, title: str | None = None, co
     models = ServedModels.of(models)
     names, selected = models.names, models.default
     first = models.chat_models[0]
-    title = title or ("MultiModal-GPT" if len(models.chat_models) == 1 else "mmgpt")
+    if title is None:  # one model: the system whose template it answers in; several: the framework
+        single = len(models.chat_models) == 1
+        title = get_style(first.model.prompt_format.style).system if single else "mmgpt"
 
     def session_for(session: ChatSession | None, name: str) -> ChatSession:
         """The tab's session, on the model ``name`` picks (the conversation carried over when that is another)."""

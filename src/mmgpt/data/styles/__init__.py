@@ -23,6 +23,7 @@ from mmgpt.data.templates import Segment
 
 class PromptStyle(Protocol):
     name: str
+    system: str  # the system whose template it is (a title for what answers in it)
     stop_strings: tuple[str, ...]  # generation stops at these (besides EOS); the answer is cut before them
     # Whether a BOS starts every sequence (mPLUG-Owl's code prepends one its tokenizer does not add); None: as the
     # tokenizer does.

@@ -112,6 +112,7 @@ class MiniGpt4Style:
     """MiniGPT-4 v1 (Vicuna v0): stage-2 template for training, the demo's for generation (module docstring)."""
 
     name: str = "minigpt4"
+    system: str = "MiniGPT-4"
     stop_strings: tuple[str, ...] = (SEP,)
     bos: bool | None = None  # as the tokenizer does
 
@@ -160,6 +161,7 @@ class MiniGpt4Stage1Style:
     """MiniGPT-4 stage 1: the image, then the caption and ``\\n``; no prompt (the user's text is dropped)."""
 
     name: str = "minigpt4-stage1"
+    system: str = "MiniGPT-4"
     stop_strings: tuple[str, ...] = (STAGE1_END,)
     bos: bool | None = None  # as the tokenizer does
 
@@ -188,6 +190,7 @@ class MiniGpt4Llama2Style:
     """MiniGPT-4 for LLaMA-2-chat: ``[INST] {message} [/INST] `` + answer + EOS, for training and generation."""
 
     name: str = "minigpt4-llama2"
+    system: str = "MiniGPT-4"
     stop_strings: tuple[str, ...] = ()  # EOS ends an answer; it always stops generation
     bos: bool | None = None  # as the tokenizer does
 

@@ -74,6 +74,7 @@ class MplugOwlStyle:
     answer) or when the model opens a new ``\\nHuman:`` turn (``stop_strings``; the original stopped at EOS only)."""
 
     name: str = "mplug-owl"
+    system: str = "mPLUG-Owl"
     stop_strings: tuple[str, ...] = (STOP,)
     bos: bool = True  # prepend BOS whatever the tokenizer does (the original's training code did)
 

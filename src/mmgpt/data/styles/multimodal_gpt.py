@@ -14,6 +14,7 @@ class MultiModalGptStyle:
     image placeholder per image; generation stops at EOS or when the model starts a new section."""
 
     name: str = "multimodal-gpt"
+    system: str = "MultiModal-GPT"
     stop_strings: tuple[str, ...] = ("\n###",)
     bos: bool | None = None  # as the tokenizer does
 
