@@ -3,6 +3,7 @@
 ``ok``: decodes (to its first frame, upright, RGB); ``corrupt``: an ImageError naming the file (API 400
 ``invalid_image``); ``too_large``: an ImageTooLargeError stating the budget (API 413 ``image_too_large``).
 ``header``: whether opening the header alone finds it (``mmgpt data check`` without ``--decode-images``).
+:func:`image_bytes` draws more of the kind for fuzz tests (the image loader, the API).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hypothesis import strategies as st
 from PIL import Image
 
 
@@ -85,3 +87,29 @@ def write_corpus(folder: Path) -> dict[str, Path]:
 BY_NAME = {item.name: item for item in corpus()}
 BROKEN = [name for name, item in BY_NAME.items() if item.outcome != "ok"]
 GOOD = [name for name, item in BY_NAME.items() if item.outcome == "ok"]
+
+
+def small_images() -> list[bytes]:
+    out = []
+    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO"):
+        buffer = io.BytesIO()
+        Image.new("RGBA" if fmt == "PNG" else "RGB", (9, 7), (10, 200, 30)).save(buffer, format=fmt)
+        out.append(buffer.getvalue())
+    return out
+
+
+@st.composite
+def image_bytes(draw) -> bytes:
+    """Random bytes, or a real small image cut short, with bytes changed, or with random bytes appended."""
+    real = draw(st.sampled_from(small_images()))
+    kind = draw(st.sampled_from(["random", "cut", "changed", "tail"]))
+    if kind == "random":
+        return draw(st.binary(max_size=400))
+    if kind == "cut":
+        return real[: draw(st.integers(0, len(real)))]
+    if kind == "tail":
+        return real + draw(st.binary(max_size=64))
+    data = bytearray(real)
+    for _ in range(draw(st.integers(1, 8))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)

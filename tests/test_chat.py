@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -124,6 +125,22 @@ def test_streaming_deltas_join_to_the_answer_and_a_closed_stream_keeps_a_valid_h
     assert session.turns[-1].answer == first.strip()
     answer = session.ask("more", config=GREEDY).text
     assert chat.tokenizer.decode(from_scratch(chat, session, GREEDY), skip_special_tokens=True).strip() == answer
+
+
+def test_a_stop_string_ends_the_turn_with_no_model_step_past_it(chat, monkeypatch):
+    free = GenerationConfig(max_new_tokens=12)
+    session = ChatSession(chat)
+    session.turns.append(session.make_turn("describe", [picture(1)]))
+    raw = chat.tokenizer.decode(from_scratch(chat, session, free), skip_special_tokens=True)
+    stop = next(c for c in raw[2:] if not c.isspace())  # a character the free answer reaches after a few
+    calls = []
+    forward = chat.forward
+    monkeypatch.setattr(chat, "forward", lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs))
+    reply = ChatSession(chat).ask(
+        "describe", images=[picture(1)], config=dataclasses.replace(free, stop_strings=(stop,))
+    )
+    assert (reply.text, reply.finish_reason) == (raw[: raw.index(stop)].strip(), "stop")
+    assert len(calls) == 1 + reply.completion_tokens - 1  # the prefill, then a step per token but the last
 
 
 def test_context_budget_drops_oldest_turns_with_their_images(chat):

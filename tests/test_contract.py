@@ -30,6 +30,7 @@ from mmgpt.model.contract import (
     LM_OTHER,
     SELF_ATTENTION,
     VISION,
+    VisionLanguageModel,
 )
 from mmgpt.model.lora import (
     apply_lora,
@@ -106,6 +107,18 @@ def test_the_toy_declares_what_the_layers_above_read(toy, tokenizer):
     with pytest.raises(ValueError, match="3 placeholder ids -200"):
         cut = ids.index(IMAGE_POSITION)
         toy(torch.tensor([ids[:cut] + ids[cut + 1 :]]), images=pixels[None])  # one position short
+
+
+def test_a_kind_that_lacks_a_member_of_the_contract_is_refused_by_name(tokenizer):
+    class Forgetful(ToyPrefixModel):  # everything but how its embeddings reach the LM
+        run_language_model = VisionLanguageModel.run_language_model
+
+    with pytest.raises(TypeError, match=r"Forgetful.*run_language_model"):
+        Forgetful(len(tokenizer), make_toy(tokenizer).special)
+    with pytest.raises(TypeError) as bare:
+        type("Bare", (VisionLanguageModel,), {"kind": "bare"})()
+    for member in ("tokens_per_image", "feature_shape", "embed_images", "run_language_model", "part_groups"):
+        assert member in str(bare.value)
 
 
 # ---------------------------------------------------------------------------------------------- generate

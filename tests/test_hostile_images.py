@@ -7,7 +7,6 @@ Every unreadable file becomes one clear error naming it (and source, row and fie
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -27,13 +26,10 @@ from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.limits import ServeLimits
 from tests.hostile import BROKEN, BY_NAME, GOOD, write_corpus
 from tests.model.conftest import tiny_model
+from tests.serve.test_api import data_url
 from tests.toy_prefix import make_tokenizer, make_toy
 
 BUDGET = 128 * 128
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 LIMITS = ServeLimits(max_image_pixels=BUDGET)

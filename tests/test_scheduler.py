@@ -8,8 +8,11 @@ alone without the scheduler. A client that leaves mid-stream frees its row; its 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -17,6 +20,8 @@ from mmgpt.chat import ChatModel, ChatSession, start_batching, stop_batching
 from mmgpt.generate import GenerationConfig
 from tests.test_chat import from_scratch, model_with_adapters, picture
 from tests.toy_prefix import make_tokenizer, make_toy
+
+T = TypeVar("T")
 
 # (adapter, turns: (text, images, config))
 SESSIONS = [
@@ -42,30 +47,38 @@ def converse(chat: ChatModel, i: int, *, adapters: bool = True) -> list[str]:
     return answers
 
 
-def run_concurrently(chat: ChatModel, sessions: list[int], *, adapters: bool = True) -> list[list[str]]:
-    """Each session's conversation in its own thread, their first turns started at the same step; their answers
-    in session order."""
-    results: dict[int, list[str]] = {}
+def in_one_step(scheduler, calls: list[Callable[[], T]]) -> list[T]:
+    """Each call in its own thread; with a scheduler, their generations all join the batch at the same step (it waits
+    until every one has arrived). Their results in order."""
+    results: dict[int, T] = {}
     errors: list[BaseException] = []
 
-    def worker(i: int) -> None:
+    def run(i: int) -> None:
         try:
-            results[i] = converse(chat, i, adapters=adapters)
+            results[i] = calls[i]()
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in sessions]
-    chat.scheduler.pause()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    if scheduler is not None:
+        scheduler.pause()
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 60
-    while chat.scheduler.queued() < len(sessions) and time.monotonic() < deadline:
+    while scheduler is not None and scheduler.queued() < len(calls) and time.monotonic() < deadline:
         time.sleep(0.01)
-    chat.scheduler.resume()
+    if scheduler is not None:
+        scheduler.resume()
     for thread in threads:
         thread.join(timeout=120)
     assert not errors, errors
-    return [results[i] for i in sessions]
+    return [results[i] for i in range(len(calls))]
+
+
+def run_concurrently(chat: ChatModel, sessions: list[int], *, adapters: bool = True) -> list[list[str]]:
+    """Each session's conversation in its own thread, their first turns started at the same step; their answers
+    in session order."""
+    return in_one_step(chat.scheduler, [functools.partial(converse, chat, i, adapters=adapters) for i in sessions])
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +98,30 @@ def test_concurrent_sessions_in_one_batch_answer_as_each_alone(flamingo, prefill
     assert batched == alone
     if prefill_chunk >= 256:  # prompts prefilled whole: every first turn joins the batch at once
         assert scheduler.peak_rows == len(SESSIONS)
+
+
+def test_stop_strings_and_the_repetition_penalty_batch_as_each_alone(flamingo):
+    """Rows that end at a stop string or choose under a repetition penalty (greedy or sampled) answer - text, finish
+    reason, tokens - as each alone."""
+    configs = [
+        GenerationConfig(max_new_tokens=12, stop_strings=("e",)),
+        GenerationConfig(max_new_tokens=12, temperature=0.9, seed=5, stop_strings=("e",)),
+        GenerationConfig(max_new_tokens=10, repetition_penalty=1.5),
+        GenerationConfig(max_new_tokens=10, temperature=0.9, seed=6, repetition_penalty=1.5),
+    ]
+
+    def ask(i: int) -> tuple:
+        reply = ChatSession(flamingo).ask("describe the image", images=[picture(40 + i)], config=configs[i])
+        return reply.text, reply.finish_reason, reply.completion_tokens
+
+    alone = [ask(i) for i in range(len(configs))]
+    assert any(finish == "stop" and tokens < 12 for _, finish, tokens in alone[:2])  # a stop string was met
+    start_batching(flamingo, max_rows=8)
+    try:
+        batched = in_one_step(flamingo.scheduler, [functools.partial(ask, i) for i in range(len(configs))])
+    finally:
+        stop_batching(flamingo)
+    assert batched == alone
 
 
 def test_a_client_that_leaves_frees_its_row_and_its_session_goes_on(flamingo):

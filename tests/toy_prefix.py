@@ -2,8 +2,9 @@
 
 A tiny random CLIP ViT, its patches mean-pooled and mapped by one ``nn.Linear`` to ``PER_IMAGE`` input embeddings
 of a tiny LLaMA. Images are runs of ``IMAGE_POSITION`` ids (``prefix_special_ids``: no vocabulary row is added); the
-cache rule is the contract's default ``reusable_prefix``. Nothing here imports a concrete architecture of
-``mmgpt.model``.
+cache rule is the contract's default ``reusable_prefix`` and the forward the contract's: the toy supplies only how
+its embeddings reach the LM (``run_language_model``, with a splice of its own). Nothing here imports a concrete
+architecture of ``mmgpt.model``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from mmgpt.config import LanguageModelConfig, ModelConfig, VisionConfig
 from mmgpt.data.conversation import Conversation, Message
@@ -24,12 +25,9 @@ from mmgpt.model.contract import (
     CONNECTOR,
     VISION,
     Media,
-    ModelCache,
-    ModelOutput,
     VisionLanguageModel,
 )
 from mmgpt.model.encoders.clip import VisionEncoder
-from mmgpt.model.language import lm_cache_argument, positions_from_mask
 from mmgpt.tokens import SpecialTokenIds, prefix_special_ids, train_tokenizer
 
 CORPUS = [
@@ -73,7 +71,6 @@ class ToyPrefixModel(VisionLanguageModel):
             vision=vision, lm=LanguageModelConfig(hf_config={"model_type": "llama", **numbers}), fusion="prefix"
         )
         self.decoder_layers_path = "model.layers"
-        self._cache_argument = lm_cache_argument(self.language_model)
 
     @property
     def tokens_per_image(self) -> int:
@@ -93,27 +90,10 @@ class ToyPrefixModel(VisionLanguageModel):
         patches = self.vision_encoder(pixels.to(self.device))  # [N, p, d_v]
         return self.projection(patches.mean(dim=1)).unflatten(1, self.feature_shape)  # [N, n, D]
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        images: torch.Tensor | None = None,
-        image_counts: torch.Tensor | None = None,
-        media: Media | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: ModelCache | None = None,
-        use_cache: bool = False,
-    ) -> ModelOutput:
-        b, t = input_ids.shape
-        if images is not None:
-            media = self.encode_images(images, image_counts)
-        elif media is None and cache is not None:
-            media = cache.media
-        counts = media.counts if media is not None else torch.zeros(b, dtype=torch.long)
-        before = cache.placeholders_seen if cache is not None else torch.zeros(b, dtype=torch.long)
+    def run_language_model(
+        self, input_ids: torch.Tensor, *, media: Media | None, before: torch.Tensor, lm_kwargs: dict
+    ):
         is_image = input_ids == self.special.image  # [b, T]
-        seen = before + is_image.sum(dim=1)
-        self.check_placeholders(seen, counts, complete=cache is None)
         embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # [b, T, D]
         if bool(is_image.any()):
             # The k-th image position of a row (counting those of earlier chunks) is image k // n, embedding k % n.
@@ -122,18 +102,7 @@ class ToyPrefixModel(VisionLanguageModel):
             k = order[rows, cols]
             spliced = media.features[rows, k // PER_IMAGE, k % PER_IMAGE].to(embeds.dtype)
             embeds = embeds.index_put((rows, cols), spliced)
-        chunk = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
-        mask = chunk if cache is None else torch.cat([cache.attention_mask, chunk], dim=1)  # [b, S]
-        kv = cache.kv if cache is not None else (DynamicCache() if use_cache else None)
-        out = self.language_model(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions_from_mask(mask)[:, -t:],
-            use_cache=kv is not None,
-            **({} if kv is None else {self._cache_argument: kv}),
-        )
-        new_cache = None if kv is None else ModelCache(getattr(out, self._cache_argument), media, seen, mask)
-        return ModelOutput(out.logits, new_cache)
+        return self.language_model(inputs_embeds=embeds, **lm_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -100,10 +100,12 @@ def stack_images(images: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | 
 
 # ---------------------------------------------------------------------------------------------- sampling
 def next_tokens(
-    logits: torch.Tensor, seen: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None
+    logits: torch.Tensor, seen: torch.Tensor | None, config: GenerationConfig, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """logits [b, V] (float32), seen [b, S] token ids so far -> next token ids [b]."""
+    """logits [b, V] (float32), seen [b, S] token ids so far (read for the repetition penalty only: None without
+    one) -> next token ids [b]."""
     if config.repetition_penalty != 1.0:
+        assert seen is not None, "the repetition penalty needs the ids so far"
         # Image positions (negative ids of prefix models) are not tokens: they are never penalised.
         valid = seen >= 0
         hits = torch.zeros_like(logits).scatter_add_(1, seen.clamp(min=0), valid.to(logits.dtype)) > 0
@@ -290,29 +292,44 @@ def generate(
     return generations
 
 
+def take_token(
+    token: int, tokens: list[int], text: RowText, stop_ids: set[int], max_new_tokens: int
+) -> tuple[str, FinishReason | None]:
+    """A streamed row's next token - the one rule of every streaming path (:func:`stream_text`, the scheduler's
+    rows): appended to ``tokens`` unless it is a stop id; returns the text that became final ("" when none) and
+    why the row stops there (a stop id or stop string, ``max_new_tokens``), or None when it goes on."""
+    if token in stop_ids:
+        return "", "stop"
+    tokens.append(token)
+    text.update(tokens)
+    if text.stopped:
+        return text.delta(), "stop"
+    return text.delta(), ("length" if len(tokens) >= max_new_tokens else None)
+
+
 def stream_text(
-    steps: Iterator[tuple[torch.Tensor, torch.Tensor]], text: RowText, stop_ids: set[int], tokens: list[int]
+    steps: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    text: RowText,
+    stop_ids: set[int],
+    tokens: list[int],
+    max_new_tokens: int,
 ) -> Iterator[str]:
     """Text deltas of row 0 of ``steps`` as soon as they are final; the generated ids (stop token excluded) are
-    appended to ``tokens``. Returns (as the generator's value) the finish reason."""
-    finish: FinishReason = "length"
+    appended to ``tokens``. Returns (as the generator's value) the finish reason. It stops reading ``steps`` at a
+    stop string too, so the loop runs no step past it."""
+    finish: FinishReason | None = None
     for step, _ in steps:
         token = int(step[0])
         if token < 0:
             break
-        if token in stop_ids:
-            finish = "stop"
-            break
-        tokens.append(token)
-        text.update(tokens)
-        if delta := text.delta():
+        delta, finish = take_token(token, tokens, text, stop_ids, max_new_tokens)
+        if delta:
             yield delta
-        if text.stopped:
-            finish = "stop"
+        if finish is not None:
             break
     if rest := text.remainder():
         yield rest
-    return finish
+    return finish or "length"
 
 
 def stream(
@@ -329,7 +346,5 @@ def stream(
     if config.num_return_sequences != 1:
         raise ValueError("stream() produces one sequence; use generate() for num_return_sequences > 1")
     stop_ids = stop_ids_of(tokenizer, config)
-    text = RowText(tokenizer, config.stop_strings)
-    should_stop = (lambda _row, ids: (text.update(ids), text.stopped)[1]) if config.stop_strings else None
-    steps = _decode_prompts(model, [prompt], [images], config, stop_ids, should_stop)
-    yield from stream_text(steps, text, stop_ids, [])
+    steps = _decode_prompts(model, [prompt], [images], config, stop_ids, None)
+    yield from stream_text(steps, RowText(tokenizer, config.stop_strings), stop_ids, [], config.max_new_tokens)

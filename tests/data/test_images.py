@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from mmgpt.data.images import (
@@ -24,6 +22,7 @@ from mmgpt.data.images import (
     load_image,
     probe_image,
 )
+from tests.hostile import image_bytes
 
 
 def saved(tmp_path: Path, image: Image.Image, name: str, **kwargs) -> Path:
@@ -197,32 +196,6 @@ def test_the_probe_reads_the_header_only(tmp_path):
         probe_image(noisy, max_pixels=100)
     with pytest.raises(MissingImageError):
         probe_image(tmp_path / "nope.png")
-
-
-def small_images() -> list[bytes]:
-    out = []
-    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO"):
-        buffer = io.BytesIO()
-        Image.new("RGBA" if fmt == "PNG" else "RGB", (9, 7), (10, 200, 30)).save(buffer, format=fmt)
-        out.append(buffer.getvalue())
-    return out
-
-
-@st.composite
-def image_bytes(draw) -> bytes:
-    """Random bytes, or a real small image cut short, with bytes changed, or with random bytes appended."""
-    real = draw(st.sampled_from(small_images()))
-    kind = draw(st.sampled_from(["random", "cut", "changed", "tail"]))
-    if kind == "random":
-        return draw(st.binary(max_size=400))
-    if kind == "cut":
-        return real[: draw(st.integers(0, len(real)))]
-    if kind == "tail":
-        return real + draw(st.binary(max_size=64))
-    data = bytearray(real)
-    for _ in range(draw(st.integers(1, 8))):
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data)
 
 
 @settings(

@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import httpx
 import openai
@@ -23,8 +21,7 @@ from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.limits import ServeLimits
 from tests.serve.conftest import EndlessChatModel, free_port, live_server, png, tiny_chat_model
 from tests.serve.test_api import image_part
-
-T = TypeVar("T")
+from tests.test_scheduler import in_one_step
 
 # (model, images, max_tokens, temperature, seed, stream)
 REQUESTS = [
@@ -71,34 +68,6 @@ def one_at_a_time(chat: ChatModel, requests: list[dict]) -> list[dict]:
     with live_server(app, free_port()) as url:
         assert chat.scheduler is None
         return [ask(url, r) for r in requests]
-
-
-def in_one_step(scheduler, calls: list[Callable[[], T]]) -> list[T]:
-    """Each call in its own thread; with a scheduler, their generations all join the batch at the same step (it waits
-    until every one has arrived). Their results in order."""
-    results: dict[int, T] = {}
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            results[i] = calls[i]()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    if scheduler is not None:
-        scheduler.pause()
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 30
-    while scheduler is not None and scheduler.queued() < len(calls) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if scheduler is not None:
-        scheduler.resume()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
-    return [results[i] for i in range(len(calls))]
 
 
 def all_at_once(url: str, scheduler, requests: list[dict]) -> list[dict]:

@@ -3,7 +3,6 @@ test (hypothesis, derandomised) of the request parser and the endpoint with rand
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
@@ -11,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from mmgpt.chat import ChatSession
 from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.chat_request import parse_chat_request
 from mmgpt.serve.errors import APIError
+from tests.hostile import image_bytes
 from tests.serve.conftest import LIMITS, png
 from tests.serve.test_api import data_url, image_part
 
@@ -218,32 +217,6 @@ def test_random_bodies_never_get_a_5xx(http, body):
     assert response.status_code < 500, response.text[:300]
     if response.status_code >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
-
-
-def small_image_bytes() -> list[bytes]:
-    out = []
-    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"):
-        buffer = io.BytesIO()
-        Image.new("RGB", (12, 10), (10, 200, 30)).save(buffer, format=fmt)
-        out.append(buffer.getvalue())
-    return out
-
-
-@st.composite
-def image_bytes(draw) -> bytes:
-    """Random bytes, or a real small image cut short, with bytes flipped, or with random bytes appended."""
-    real = draw(st.sampled_from(small_image_bytes()))
-    kind = draw(st.sampled_from(["random", "cut", "flipped", "tail"]))
-    if kind == "random":
-        return draw(st.binary(max_size=300))
-    if kind == "cut":
-        return real[: draw(st.integers(0, len(real)))]
-    if kind == "tail":
-        return real + draw(st.binary(max_size=64))
-    data = bytearray(real)
-    for _ in range(draw(st.integers(1, 8))):
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data)
 
 
 @FUZZ

@@ -5,22 +5,18 @@ recipe), the recipe's numbers, and the labels of the batches that trained."""
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-import mmgpt.train.trainer as trainer_module
 from mmgpt.data.styles.minigpt4 import SEP
 from mmgpt.tokens import IGNORE_INDEX, IMAGE_POSITION
 from mmgpt.train.config import load_train_config
-from mmgpt.train.run import load_run_model
-from mmgpt.train.trainer import Trainer
 from tests.minigpt4_tiny import QUERIES, load_tiny, release_files, write_tiny_minigpt4
+from tests.train.recording import fit_recording, trained_texts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "minigpt4"
 CAPTIONS = ["A dog runs on the grass.", "A red circle above a blue square.", "Two cats sleep.", "A boat at sea."]
@@ -80,29 +76,8 @@ def run_two_steps(config: str, downloads, data_root: Path, tmp_path: Path, *extr
         *extra,
     ]
     cfg = load_train_config(CONFIGS / config, overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # stage 1: "llama_proj is freshly initialised"
-        model, tokenizer = load_run_model(cfg)
-    trainer = Trainer(cfg, model, tokenizer)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    seen = []
-    original = trainer_module.batch_loss
-
-    def recording(module, batch, device):
-        seen.append(batch)
-        return original(module, batch, device)
-
-    trainer_module.batch_loss = recording
-    try:
-        result = trainer.fit(progress_stream=io.StringIO())
-    finally:
-        trainer_module.batch_loss = original
-    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    trainer, result, _, changed, seen, tokenizer = fit_recording(cfg)
     return cfg, trainer, result, changed, seen, tokenizer
-
-
-def trained_texts(batch, tokenizer) -> list[str]:
-    return [tokenizer.decode(row[row != IGNORE_INDEX].tolist()) for row in batch.labels]
 
 
 @pytest.mark.parametrize("stage", ["stage1.yaml", "stage2.yaml"])

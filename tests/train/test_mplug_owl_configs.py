@@ -5,9 +5,7 @@ the labels of the batches that trained, and that the outputs load back."""
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from pathlib import Path
 
 import pytest
@@ -16,14 +14,12 @@ from PIL import Image
 from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, LlamaForCausalLM
 
 import mmgpt
-import mmgpt.train.trainer as trainer_module
 from mmgpt.data.styles.mplug_owl import SYSTEM
 from mmgpt.model.contract import CONNECTOR, RESAMPLER, VISION
 from mmgpt.tokens import IGNORE_INDEX, IMAGE_POSITION
 from mmgpt.train.config import load_train_config
-from mmgpt.train.run import load_run_model
-from mmgpt.train.trainer import Trainer
 from tests.model.mplug_owl_tiny import TEXT_CONFIG, tokenizer_model, write_tiny_release
+from tests.train.recording import fit_recording, trained_texts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "mplug-owl"
 ANSWERS = ["A red circle.", "It is blue.", "She shuddered.", "Hello there."]
@@ -85,29 +81,8 @@ def run_two_steps(config: str, downloads: Path, data_root: Path, tmp_path: Path,
         *extra,
     ]
     cfg = load_train_config(CONFIGS / config, overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, tokenizer = load_run_model(cfg)
-    trainer = Trainer(cfg, model, tokenizer)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    seen = []
-    original = trainer_module.batch_loss
-
-    def recording(module, batch, device):
-        seen.append(batch)
-        return original(module, batch, device)
-
-    trainer_module.batch_loss = recording
-    try:
-        result = trainer.fit(progress_stream=io.StringIO())
-    finally:
-        trainer_module.batch_loss = original
-    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    trainer, result, model, changed, seen, tokenizer = fit_recording(cfg)
     return cfg, trainer, result, model, changed, seen, tokenizer
-
-
-def trained_texts(batch, tokenizer) -> list[str]:
-    return [tokenizer.decode(row[row != IGNORE_INDEX].tolist()) for row in batch.labels]
 
 
 def test_stage1_trains_the_visual_side_with_the_llm_frozen(downloads, data_root, tmp_path):

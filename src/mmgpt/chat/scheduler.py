@@ -40,6 +40,7 @@ from mmgpt.generate import (
     next_tokens,
     stop_ids_of,
     suppressed_ids,
+    take_token,
 )
 from mmgpt.model.cache import Media, ModelCache
 
@@ -88,8 +89,11 @@ class _Row:
         config = self.job.config
         return config.temperature == 0 and config.repetition_penalty == 1.0
 
-    def seen(self, device: torch.device) -> torch.Tensor:
-        """[1, S] the ids so far (prompt and answer), for the repetition penalty."""
+    def seen(self, device: torch.device) -> torch.Tensor | None:
+        """[1, S] the ids so far (prompt and answer) for the repetition penalty; None without one (a sampling row's
+        step then builds no tensor of its whole history)."""
+        if self.job.config.repetition_penalty == 1.0:
+            return None
         return torch.tensor([self.job.ids + self.generated], device=device)
 
 
@@ -334,18 +338,11 @@ class Scheduler:
         (its token then runs at the next step)."""
         if row.first_token is None:
             row.first_token = time.perf_counter() - row.job.submitted
-        if token in row.stop_ids:
-            return "stop"
-        row.generated.append(token)
-        row.text.update(row.generated)
-        if delta := row.text.delta():
+        delta, finish = take_token(token, row.generated, row.text, row.stop_ids, row.job.config.max_new_tokens)
+        if delta:
             row.job.events.put(("delta", delta))
-        if row.text.stopped:
-            return "stop"
-        if len(row.generated) >= row.job.config.max_new_tokens:
-            return "length"
         row.next_token = token
-        return None
+        return finish
 
     def _end(self, row: _Row, finish: FinishReason) -> None:
         if rest := row.text.remainder():

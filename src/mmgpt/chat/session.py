@@ -241,7 +241,6 @@ class ChatSession:
             stop_ids = stop_ids_of(tokenizer, config)
             text = RowText(tokenizer, config.stop_strings)
             logits, reused = self._cache.prefill(self.adapter, ids, images, media)
-            should_stop = (lambda _row, tokens: (text.update(tokens), text.stopped)[1]) if config.stop_strings else None
             steps = decode(
                 logits,
                 torch.tensor([ids], device=logits.device),
@@ -249,7 +248,6 @@ class ChatSession:
                 config=config,
                 stop_ids=stop_ids,
                 suppress_ids=suppressed_ids(self.chat_model.model, stop_ids),
-                should_stop=should_stop,
             )
             generated: list[int] = []
 
@@ -260,7 +258,7 @@ class ChatSession:
                     yield step
 
             steps = timed(steps)
-            finish = yield from _shown(stream_text(steps, text, stop_ids, generated), shown)
+            finish = yield from _shown(stream_text(steps, text, stop_ids, generated, config.max_new_tokens), shown)
             completion = len(generated)
         finally:
             # Recorded also when the caller stops early (a closed stream): the history stays a valid chat.

@@ -9,7 +9,8 @@ from mmgpt.demo import DemoConfig
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, *, out: Path) -> None:
-    """The tuning recipe's arguments, shared with `mmgpt experiment`; defaults are DemoConfig's."""
+    """The tuning recipe's arguments; defaults are DemoConfig's (`mmgpt experiment` declares its own, whose
+    ``--out`` and ``--steps`` defaults depend on the experiment)."""
     default = DemoConfig()
     parser.add_argument("--seed", type=int, default=default.seed)
     parser.add_argument(

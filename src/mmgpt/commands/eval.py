@@ -133,34 +133,23 @@ def _shot_counts(text: str) -> list[int]:
     return counts
 
 
-def _distributed() -> tuple[Any, Any, str | None]:
-    """(shard, barrier, device) under torchrun (WORLD_SIZE > 1), else a single shard."""
-    import torch
+def _distributed(device: str | None) -> tuple[Any, Any, str]:
+    """(shard, barrier, device): under torchrun (WORLD_SIZE > 1) this process's share and the group's barrier, else
+    a single shard; the device is ``--device``, or cuda:LOCAL_RANK when CUDA is there, else cpu."""
+    from functools import partial
 
     from mmgpt.evaluate.records import Shard
+    from mmgpt.train.distributed import barrier, init_distributed
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Shard(), None, None
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local)
-    return Shard(dist.get_rank(), dist.get_world_size()), dist.barrier, f"cuda:{local}" if cuda else "cpu"
+    ctx = init_distributed(os.environ, device=device or "auto")
+    return Shard(ctx.rank, ctx.world_size), partial(barrier, ctx) if ctx.enabled else None, str(ctx.device)
 
 
-def _load(args: argparse.Namespace, device: str | None):
-    import torch
-
+def _load(args: argparse.Namespace, device: str):
     from mmgpt.load import load
 
     if not args.model:
         raise ValueError("--model is required: tiny-world, a saved model directory, or a preset with its files")
-    device = args.device or device or ("cuda" if torch.cuda.is_available() else "cpu")
     return load(args.model, lora=args.adapter, device=device)
 
 
@@ -190,7 +179,7 @@ def _evaluate(args: argparse.Namespace, console) -> int:
 
     bench = benchmark(args.benchmark)
     data, options = _reader_options(args, bench)
-    shard, barrier, device = _distributed()
+    shard, barrier, device = _distributed(args.device)
     model, tokenizer = _load(args, device)
     fmt = args.prompt
     if fmt == "auto":

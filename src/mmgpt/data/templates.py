@@ -125,13 +125,18 @@ def render(conversation: Conversation) -> list[Segment]:
     return segments
 
 
-def render_prompt(conversation: Conversation) -> list[Segment]:
-    """Segments for generation: the history plus the new user turn, ending with ``### Response:\\n``."""
+def require_prompt(conversation: Conversation) -> None:
+    """A generation prompt ends with the user's new message (every prompt style's ``render_prompt`` checks)."""
     if not conversation.is_prompt:
         raise ValueError(
             "a generation prompt must end with the user's new message; add it with "
             "conversation.with_user_turn(text, images)"
         )
+
+
+def render_prompt(conversation: Conversation) -> list[Segment]:
+    """Segments for generation: the history plus the new user turn, ending with ``### Response:\\n``."""
+    require_prompt(conversation)
     return render(conversation)
 
 

@@ -219,10 +219,12 @@ class ConversationTokenizer:
     def _segments(self, sample: Conversation | Document) -> list[Segment]:
         return sample.segments() if isinstance(sample, Document) else self.style.render(sample)
 
-    def prompt(self, conversation: Conversation) -> TokenizedSample:
+    def prompt(self, conversation: Conversation, *, segments: list[Segment] | None = None) -> TokenizedSample:
         """A generation prompt (history + new user turn, ending where the answer starts), untruncated and with
-        every label IGNORE_INDEX. Same tokens as training produced for the same history."""
-        segments = self.style.render_prompt(conversation)
+        every label IGNORE_INDEX. Same tokens as training produced for the same history. ``segments``: the
+        conversation rendered otherwise (its images in order) - in the style's training rendering, or in another
+        layout's text; default the style's ``render_prompt``."""
+        segments = self.style.render_prompt(conversation) if segments is None else segments
         encoded = self.encode([s.text for s in segments if not s.is_image])
         return self._assemble(conversation, segments, encoded, train=False)
 

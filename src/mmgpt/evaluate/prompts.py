@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmgpt.evaluate.benchmarks import items as kinds
+from mmgpt.evaluate.benchmarks.mmlu import LETTERS as MMLU_LETTERS
 from mmgpt.evaluate.owleval import DEFAULT_MAX_NEW_TOKENS as OWLEVAL_TOKENS
 from mmgpt.tokens import END_OF_CHUNK, IMAGE
 
@@ -39,7 +40,6 @@ OF_VQA = f"{IMAGE}Question:{{question}} Short answer:{{answer}}"
 OF_CAPTION = f"{IMAGE}Output:{{answer}}"
 OF_HATEFUL = f"{IMAGE}is an image with: '{{text}}' written on it. Is it hateful? Answer:{{answer}}"
 MMLU_HEADER = "The following are multiple choice questions (with answers) about {subject}.\n\n"
-MMLU_LETTERS = ("A", "B", "C", "D")
 
 # Per benchmark name first, then per kind (``Benchmark.kind``).
 FEWSHOT_TEMPLATES = {

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmgpt.evaluate.benchmarks.common import write_json
+
 RUN_FILE = "run.json"
 PROMPTS_FILE = "prompts.jsonl"
 METRICS_FILE = "metrics.json"
@@ -51,14 +53,6 @@ class Shard:
 
 def run_name(shots: int, seed: int) -> str:
     return f"shots{shots}-seed{seed}"
-
-
-def write_json(path: Path, value: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(path)
-    return path
 
 
 class RunFolder:

@@ -112,11 +112,15 @@ def _default_support(settings: EvalSettings, bench: Benchmark) -> tuple[str, dic
     return None
 
 
+def _text_only_zero_shot(settings: EvalSettings, bench: Benchmark) -> bool:
+    """Whether a zero-shot query gets OpenFlamingo's text-only examples (when there is a support set)."""
+    return settings.prompt.format == prompts.FEWSHOT and bench.kind not in NO_ZERO_SHOT_EXAMPLES
+
+
 def make_selector(model: VisionLanguageModel, settings: EvalSettings, bench: Benchmark, items: Sequence[Any]):
     """The in-context example selector, or None when no run needs examples."""
-    wants_zero_shot = settings.prompt.format == prompts.FEWSHOT and bench.kind not in NO_ZERO_SHOT_EXAMPLES
     source = _default_support(settings, bench)
-    if max(settings.shots) == 0 and not (wants_zero_shot and source is not None):
+    if max(settings.shots) == 0 and not (_text_only_zero_shot(settings, bench) and source is not None):
         return None
     if source is None:
         raise ValueError(
@@ -222,13 +226,7 @@ def evaluate_benchmark(
     builder = QueryBuilder(model, tokenizer, settings.prompt, benchmark=bench.name, kind=bench.kind)
     asker = Asker(model, tokenizer, builder, settings.batch_size, settings.max_new_tokens, settings.normalize)
     selector = make_selector(model, settings, bench, items)
-    zero_shot_examples = (
-        TEXT_ONLY_ZERO_SHOT
-        if selector is not None
-        and settings.prompt.format == prompts.FEWSHOT
-        and bench.kind not in NO_ZERO_SHOT_EXAMPLES
-        else 0
-    )
+    zero_shot_examples = TEXT_ONLY_ZERO_SHOT if selector is not None and _text_only_zero_shot(settings, bench) else 0
     results = []
     was_training = model.training
     model.eval()

@@ -19,7 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmgpt.world.formats import vqa_files
+from mmgpt.evaluate.benchmarks.common import write_json, write_jsonl
+from mmgpt.world.describe import captions
+from mmgpt.world.formats import aokvqa_row, vqa_files
 from mmgpt.world.render import save_scene
 from mmgpt.world.scene import SHAPES, sample_scenes
 from mmgpt.world.tasks import scene_tasks
@@ -35,11 +37,6 @@ FILES = {
     "pope": "pope/coco_pope_world.json",
     "dolly": "language/dolly_heldout.jsonl",
 }
-
-
-def _dump(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _pope_rows(scenes: list, images: list[str]) -> list[dict[str, Any]]:
@@ -76,47 +73,39 @@ def write_world_benchmarks(world: str | Path, out: str | Path, *, limit: int | N
         save_scene(
             scene, out / "vqav2" / SUBTYPE / f"COCO_{SUBTYPE}_{i:012d}.jpg", size=heldout.image_size, format="JPEG"
         )
-    _dump(out / "vqav2" / VQA_QUESTIONS, questions)
-    _dump(out / "vqav2" / VQA_ANNOTATIONS, annotations)
+    write_json(out / "vqav2" / VQA_QUESTIONS, questions)
+    write_json(out / "vqav2" / VQA_ANNOTATIONS, annotations)
 
     manifest = json.loads((world / MANIFEST).read_text(encoding="utf-8"))
     config = manifest["config"]
     training = sample_scenes(config["seed"], "train", config["scenes"])
     karpathy = [
-        {"filepath": IMAGES, "filename": f"{s.id}.png", "imgid": k, "split": "train", "sentences": _sentences(s)}
+        {"filepath": IMAGES, "filename": f"{s.id}.png", "imgid": k, "split": "train",
+         "sentences": _sentences(captions(s))}
         for k, s in enumerate(training)
-    ]
+    ]  # fmt: skip
     karpathy += [
         {"filepath": str(Path(r).parent), "filename": Path(r).name, "imgid": len(training) + k, "split": "test",
-         "sentences": _sentences(s)}
-        for k, (s, r) in enumerate(zip(scenes, relative, strict=True))
+         "sentences": _sentences(t.captions)}
+        for k, (t, r) in enumerate(zip(tasks, relative, strict=True))
     ]  # fmt: skip
-    _dump(out / FILES["coco"], {"images": karpathy, "dataset": "coco"})
+    write_json(out / FILES["coco"], {"images": karpathy, "dataset": "coco"})
 
-    aokvqa = []
-    for k, (t, r) in enumerate(zip(tasks, relative, strict=True)):
-        q = t.rationale
-        aokvqa.append(
-            {"split": "val", "image_id": k, "question_id": f"heldout{t.scene.id}", "question": q.question,
-             "choices": q.choices, "correct_choice_idx": q.correct, "direct_answers": [q.truth] * 10,
-             "difficult_direct_answer": False, "rationales": q.rationales, "image": r}
-        )  # fmt: skip
-    _dump(out / FILES["aokvqa"], aokvqa)
-
-    pope = out / FILES["pope"]
-    pope.parent.mkdir(parents=True, exist_ok=True)
-    pope.write_text("".join(json.dumps(row) + "\n" for row in _pope_rows(scenes, relative)), encoding="utf-8")
-
-    dolly = out / FILES["dolly"]
-    dolly.parent.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"instruction": t.instruction, "context": t.input, "response": t.output, "category": t.kind}
-        for t in heldout.language[:limit]
+    aokvqa = [
+        {**aokvqa_row(t, k), "split": "val", "question_id": f"heldout{t.scene.id}", "image": r}
+        for k, (t, r) in enumerate(zip(tasks, relative, strict=True))
     ]
-    dolly.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    write_json(out / FILES["aokvqa"], aokvqa)
+    write_jsonl(out / FILES["pope"], _pope_rows(scenes, relative))
+    write_jsonl(
+        out / FILES["dolly"],
+        (
+            {"instruction": t.instruction, "context": t.input, "response": t.output, "category": t.kind}
+            for t in heldout.language[:limit]
+        ),
+    )
     return {name: out / file for name, file in FILES.items()}
 
 
-def _sentences(scene) -> list[dict[str, Any]]:
-    captions = scene_tasks(scene).captions
-    return [{"raw": c, "tokens": c.lower().rstrip(".").split()} for c in captions]
+def _sentences(texts: list[str]) -> list[dict[str, Any]]:
+    return [{"raw": c, "tokens": c.lower().rstrip(".").split()} for c in texts]

@@ -19,6 +19,7 @@ from mmgpt.model.contract import VisionLanguageModel
 
 if TYPE_CHECKING:
     from mmgpt.experiments.recipes import SystemsConfig
+    from mmgpt.world.write import HeldOut
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -124,7 +125,7 @@ def chat_latency(
 def training_template_descriptions(
     model: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase,
-    world: str | Path,
+    heldout: HeldOut,
     *,
     limit: int | None = None,
     max_new_tokens: int | None = None,
@@ -132,23 +133,18 @@ def training_template_descriptions(
     """The held-out description requests asked in the *training* rendering of the model's prompt style (``render``)
     instead of its generation rendering (``render_prompt``) - they differ for MiniGPT-4, trained on its stage-2
     template and served with its demo's - scored as ``evaluate_world`` scores descriptions."""
-    from mmgpt.data.styles import get_style
     from mmgpt.data.tokenize import ConversationTokenizer
     from mmgpt.evaluate.generation import AnswerRequest, generate_answers
     from mmgpt.world.items import scene_items
     from mmgpt.world.metrics import description_scores, response_length
-    from mmgpt.world.write import load_heldout
 
-    heldout = load_heldout(world)
-    fmt = model.prompt_format
-    style, encoder, transform = get_style(fmt.style), ConversationTokenizer(tokenizer, fmt=fmt), model.image_transform()
+    encoder, transform = ConversationTokenizer(tokenizer, fmt=model.prompt_format), model.image_transform()
+    style = encoder.style
     scenes = list(zip(heldout.scenes, heldout.images, strict=True))[:limit]
     requests = []
     for scene, image in scenes:
         item = next(i for i in scene_items(scene, image) if i.kind == "description")
-        ids = list(encoder.prefix)
-        for segment in style.render(item.prompt):
-            ids += encoder.image_tokens if segment.is_image else encoder.encode([segment.text])[0]
+        ids = encoder.prompt(item.prompt, segments=style.render(item.prompt)).input_ids
         budget = item.max_new_tokens if max_new_tokens is None else min(item.max_new_tokens, max_new_tokens)
         requests.append(AnswerRequest(ids, transform(image)[None], budget, style.stop_strings))
     was_training = model.training
@@ -184,11 +180,12 @@ def evaluate_run(
     from mmgpt.world.write import load_heldout
 
     model, tokenizer = load(model_dir)
-    results = evaluate_world(model, tokenizer, world, limit=cfg.eval_scenes, max_new_tokens=cfg.eval_max_new_tokens)
+    heldout = load_heldout(world)
+    results = evaluate_world(model, tokenizer, heldout, limit=cfg.eval_scenes, max_new_tokens=cfg.eval_max_new_tokens)
     results.update(description_repetition(results["records"]))
     if training_template:
         results["training_template"] = training_template_descriptions(
-            model, tokenizer, world, limit=cfg.eval_scenes, max_new_tokens=cfg.eval_max_new_tokens
+            model, tokenizer, heldout, limit=cfg.eval_scenes, max_new_tokens=cfg.eval_max_new_tokens
         )
         for record, response in zip(
             (r for r in results["records"] if r["kind"] == "description"),
@@ -200,7 +197,6 @@ def evaluate_run(
         records.write_text(json.dumps(results["records"], indent=1) + "\n")
     results["positions_per_image"] = model.tokens_per_image
     if speed:
-        heldout = load_heldout(world)
         images = [heldout.images[i % len(heldout.images)] for i in range(3)]
         prompt = tokenize_prompt(
             single_turn("Describe the following image in detail.", None, images=[images[0]]),

@@ -46,15 +46,17 @@ def caption_files(world: Path, out: Path) -> tuple[Path, Path]:
     LAION) in each prefix system's stage-1 form: a Karpathy-layout caption list (MiniGPT-4: conversations the
     ``minigpt4-stage1`` style renders as ``[image] caption\\n``) and interleaved documents (mPLUG-Owl:
     ``<image>caption`` + EOS, every token trained). The same pairs for both."""
+    from mmgpt.tokens import END_OF_CHUNK, IMAGE
+
     pairs = []
     for line in (world / "pretrain/captions.jsonl").read_text().splitlines():
         row = json.loads(line)
-        caption = row["text"].replace("<image>", "").replace("<|endofchunk|>", "").strip()
+        caption = row["text"].replace(IMAGE, "").replace(END_OF_CHUNK, "").strip()
         pairs.append((row["images"][0], caption))
     out.mkdir(parents=True, exist_ok=True)
     listed, documents = out / "captions.json", out / "captions.jsonl"
     listed.write_text(json.dumps([{"image": i, "caption": c, "image_id": k} for k, (i, c) in enumerate(pairs)]))
-    documents.write_text("".join(json.dumps({"images": [i], "text": f"<image>{c}"}) + "\n" for i, c in pairs))
+    documents.write_text("".join(json.dumps({"images": [i], "text": f"{IMAGE}{c}"}) + "\n" for i, c in pairs))
     return listed.resolve(), documents.resolve()  # data configs resolve relative paths under the world
 
 
@@ -191,6 +193,7 @@ def merge_adapter(base: Path, adapter: Path, out: Path) -> Path:
 def prepare(cfg: SystemsConfig) -> tuple[Path, tuple[Path, Path], dict[str, Path]]:
     """A fresh world, the stage-1 caption files and the bases: (world, captions, base directory by ``System.base``)."""
     from mmgpt.embedded import tiny_world_path
+    from mmgpt.experiments.prefix_bases import SYSTEMS as PREFIX_SYSTEMS
     from mmgpt.experiments.prefix_bases import write_prefix_base
     from mmgpt.load import load
     from mmgpt.world.config import WorldConfig
@@ -203,7 +206,7 @@ def prepare(cfg: SystemsConfig) -> tuple[Path, tuple[Path, Path], dict[str, Path
     generate_world(world, world_cfg, tokenizer=tokenizer)
     captions = caption_files(world, cfg.out / "data")
     bases = {"flamingo": flamingo}
-    for key in ("minigpt4", "mplug-owl"):
+    for key in PREFIX_SYSTEMS:
         bases[key] = write_prefix_base(key, cfg.out / "bases" / key, source=flamingo, seed=cfg.seed)
     return world, captions, bases
 
@@ -227,8 +230,9 @@ def run_findings(
     )
     runs = {STAGE1_ONLY: _entry("MiniGPT-4, stage 1 only", stage1, results)}
     out = cfg.out / NO_LANGUAGE
+    owl_recipe = next(system for system in SYSTEMS if system.key == "mplug-owl")
     variant = train_system(
-        SYSTEMS[2], start=mplug.stage_models[0], cfg=cfg, world=world, captions=captions, out=out,
+        owl_recipe, start=mplug.stage_models[0], cfg=cfg, world=world, captions=captions, out=out,
         model_dir=cfg.out / MODELS / NO_LANGUAGE, skip=1, data_override={1: "mix-vl"},
     )  # fmt: skip
     variant.stages = [*mplug.stages[:1], *variant.stages]

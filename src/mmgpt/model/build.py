@@ -144,7 +144,3 @@ def no_init(enabled: bool) -> Iterator[None]:
 
     with no_init_weights():
         yield
-
-
-def freeze(model: nn.Module) -> None:
-    model.requires_grad_(False)

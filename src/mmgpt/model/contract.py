@@ -24,6 +24,8 @@ Legend: b batch, T tokens of this chunk, S tokens so far, m images, n features p
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -34,7 +36,13 @@ from transformers import DynamicCache, PreTrainedModel
 from mmgpt.config import ModelConfig
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
 from mmgpt.model.cache import Media, ModelCache, ModelOutput
-from mmgpt.model.language import lm_cache_argument, lm_modules, positions_from_mask, takes_position_ids
+from mmgpt.model.language import (
+    lm_cache_argument,
+    lm_modules,
+    positions_from_mask,
+    takes_position_ids,
+    text_config_numbers,
+)
 from mmgpt.tokens import PromptFormat, SpecialTokenIds
 
 # Parameter groups. Every parameter of every model belongs to exactly one; a model uses the ones it has.
@@ -60,12 +68,14 @@ GROUPS = (
 )
 
 
-class VisionLanguageModel(nn.Module):
+class VisionLanguageModel(nn.Module, abc.ABC):
     """The base of every model kind; see the module docstring for what it offers.
 
     Subclasses set ``config``, ``special`` and ``vision_encoder`` (which declares its image transform), expose
     their HF causal LM as :attr:`language_model` with its decoder layers at :attr:`decoder_layers_path`, and
-    implement :meth:`embed_images`, :meth:`forward`, :meth:`part_groups` and :attr:`tokens_per_image`.
+    implement the abstract members: :attr:`tokens_per_image`, :attr:`feature_shape`, :meth:`embed_images`,
+    :meth:`run_language_model` (how the images reach the LM) and :meth:`part_groups` (a subclass that lacks one
+    cannot be instantiated; Python's TypeError names it).
     """
 
     kind: ClassVar[str]
@@ -95,8 +105,16 @@ class VisionLanguageModel(nn.Module):
         return getattr(text, "max_position_embeddings", None) or getattr(text, "max_seq_len", None)
 
     def describe(self) -> ModelConfig:
-        """The config that rebuilds this model from numbers (saved as ``mmgpt.yaml``)."""
-        raise NotImplementedError
+        """The config that rebuilds this model from numbers (saved as ``mmgpt.yaml``): the vision encoder's and
+        the LM's architectures as numbers, no paths."""
+        lm = dataclasses.replace(
+            self.config.lm,
+            path=None,
+            hf_config=text_config_numbers(self.language_model),
+            tokenizer="tokenizer",
+            decoder_layers_path=self.decoder_layers_path,
+        )
+        return dataclasses.replace(self.config, vision=self.vision_encoder.describe(), lm=lm)
 
     def summary(self) -> str:
         """One line on how images reach the LM, for people (banners, the demo)."""
@@ -104,9 +122,9 @@ class VisionLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ images and prompts
     @property
+    @abc.abstractmethod
     def tokens_per_image(self) -> int:
         """LM positions one image occupies (Flamingo: 1; prefix models: their number of image embeddings)."""
-        raise NotImplementedError
 
     def image_placeholders(self) -> tuple[int, ...]:
         """The ids one image becomes in the token sequence."""
@@ -125,9 +143,9 @@ class VisionLanguageModel(nn.Module):
         """Vocabulary ids generation must never produce (an image placeholder, padding)."""
         return {t for t in (self.special.image, self.special.pad) if t is not None and t >= 0}
 
+    @abc.abstractmethod
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [N, 3, H, W] -> per-image features [N, n, d]: what the fusion consumes, computed once."""
-        raise NotImplementedError
 
     def encode_images(self, images: torch.Tensor, image_counts: torch.Tensor | None = None) -> Media:
         """images [b, m, 3, H, W] (or [b, m, 1, 3, H, W]) -> Media(features [b, m, n, d], counts [b]).
@@ -166,9 +184,9 @@ class VisionLanguageModel(nn.Module):
         return Media(features, counts.to(device))
 
     @property
+    @abc.abstractmethod
     def feature_shape(self) -> tuple[int, int]:
         """(n, d) of one image's features, for media without any image."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -188,7 +206,21 @@ class VisionLanguageModel(nn.Module):
         ``cache`` of the previous call (its media are reused unless ``media`` replaces them, e.g. when a
         conversation adds an image). ``attention_mask`` [b, T] marks real tokens of this chunk (left padding).
         """
-        raise NotImplementedError
+        media, seen = self.resolve_media(input_ids, images=images, image_counts=image_counts, media=media, cache=cache)
+        before = seen - (input_ids == self.special.image).sum(dim=1)
+        full_mask, lm_kwargs = self.lm_arguments(input_ids, attention_mask, cache, use_cache)
+        out = self.run_language_model(input_ids, media=media, before=before, lm_kwargs=lm_kwargs)
+        name = lm_cache_argument(self.language_model)
+        cache = ModelCache(getattr(out, name), media, seen, full_mask) if name in lm_kwargs else None
+        return ModelOutput(out.logits, cache)
+
+    @abc.abstractmethod
+    def run_language_model(
+        self, input_ids: torch.Tensor, *, media: Media | None, before: torch.Tensor, lm_kwargs: dict
+    ):
+        """The LM's output (logits, and the KV cache under the name in ``lm_kwargs``) for input_ids [b, T] with the
+        images fused in: ``media`` what this chunk looks at, ``before`` [b] the image positions of earlier chunks,
+        ``lm_kwargs`` the LM call's keyword arguments (:meth:`lm_arguments`: KV cache, mask, position ids)."""
 
     def resolve_media(
         self,
@@ -238,14 +270,6 @@ class VisionLanguageModel(nn.Module):
                 kwargs["position_ids"] = positions_from_mask(full_mask)[:, -input_ids.shape[1] :]
         return full_mask, kwargs
 
-    def output(
-        self, out, lm_kwargs: dict, media: Media | None, seen: torch.Tensor, full_mask: torch.Tensor
-    ) -> ModelOutput:
-        """The LM's output as the contract's: logits, and the cache to continue from when one was kept."""
-        name = lm_cache_argument(self.language_model)
-        cache = ModelCache(getattr(out, name), media, seen, full_mask) if name in lm_kwargs else None
-        return ModelOutput(out.logits, cache)
-
     def check_placeholders(self, seen: torch.Tensor, counts: torch.Tensor, *, complete: bool) -> None:
         """A new sequence must hold every image's placeholders; a continuation may not have reached them yet."""
         per = self.tokens_per_image
@@ -288,9 +312,9 @@ class VisionLanguageModel(nn.Module):
         return min(len(old_ids), len(new_ids))
 
     # ------------------------------------------------------------------ parameters
+    @abc.abstractmethod
     def part_groups(self) -> dict[str, str]:
         """Top-level module name -> group, for the parts outside the LM (``{"vision_encoder": "vision", ...}``)."""
-        raise NotImplementedError
 
     def layer_groups(self) -> dict[str, str]:
         """Module name inside one decoder layer -> group: the LM family's self-attention and MLP projections (a

@@ -29,8 +29,6 @@ from mmgpt.model.contract import (
     RESAMPLER,
     VISION,
     Media,
-    ModelCache,
-    ModelOutput,
     VisionLanguageModel,
 )
 from mmgpt.model.encoders.clip import VisionEncoder
@@ -42,11 +40,7 @@ from mmgpt.model.fusion.gated_blocks import (
     insert_gated_blocks,
 )
 from mmgpt.model.fusion.media_mask import attend_index, reusable_prefix
-from mmgpt.model.language import (
-    decoder_layers,
-    resize_embeddings,
-    text_config_numbers,
-)
+from mmgpt.model.language import decoder_layers, resize_embeddings
 from mmgpt.model.resamplers.perceiver import PerceiverResampler
 from mmgpt.tokens import SpecialTokenIds, add_special_tokens
 
@@ -133,16 +127,6 @@ class Flamingo(VisionLanguageModel):
             + (", language-only bypass" if cross_attention.language_only_bypass else "")
         )
 
-    def describe(self) -> ModelConfig:
-        lm = dataclasses.replace(
-            self.config.lm,
-            path=None,
-            hf_config=text_config_numbers(self.lang_encoder),
-            tokenizer="tokenizer",
-            decoder_layers_path=self.decoder_layers_path,
-        )
-        return dataclasses.replace(self.config, vision=self.vision_encoder.describe(), lm=lm)
-
     # ------------------------------------------------------------------ architecture changes before training
     @torch.no_grad()
     def set_gates(self, value: float) -> None:
@@ -177,30 +161,20 @@ class Flamingo(VisionLanguageModel):
         return self.perceiver(patches[:, None])[:, 0]
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        images: torch.Tensor | None = None,
-        image_counts: torch.Tensor | None = None,
-        media: Media | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: ModelCache | None = None,
-        use_cache: bool = False,
-    ) -> ModelOutput:
-        media, images_seen = self.resolve_media(
-            input_ids, images=images, image_counts=image_counts, media=media, cache=cache
-        )
-        counts = media.counts.to(input_ids.device) if media is not None else torch.zeros_like(images_seen)
+    def run_language_model(
+        self, input_ids: torch.Tensor, *, media: Media | None, before: torch.Tensor, lm_kwargs: dict
+    ):
+        """The LM with each gated block given, through ``cross_attention_inputs``, the media and which image each
+        token sees (the media mask)."""
+        counts = media.counts.to(input_ids.device) if media is not None else torch.zeros_like(before)
         cross_attention = self.config.cross_attention
         index = attend_index(
             input_ids,
             image_token_id=self.special.image,
             image_counts=counts,
             media_mask=cross_attention.media_mask,
-            images_before=images_seen - (input_ids == self.special.image).sum(dim=1),
+            images_before=before,
         )
-        full_mask, lm_kwargs = self.lm_arguments(input_ids, attention_mask, cache, use_cache)
         # When no token of the chunk sees an image (decoding under "following", text-only rows), the attention
         # output is zero: skip it (and the media projections) instead of computing zeros.
         inputs = CrossAttentionInputs(
@@ -210,8 +184,7 @@ class Flamingo(VisionLanguageModel):
             checkpoint=self.gradient_checkpointing and self.training,
         )
         with cross_attention_inputs(inputs):
-            out = self.lang_encoder(input_ids=input_ids, **lm_kwargs)
-        return self.output(out, lm_kwargs, media, images_seen, full_mask)
+            return self.lang_encoder(input_ids=input_ids, **lm_kwargs)
 
     # ------------------------------------------------------------------ caches
     def reusable_prefix(

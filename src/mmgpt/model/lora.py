@@ -127,7 +127,7 @@ def is_lora_name(name: str) -> bool:
 
 
 def lora_parameters(model: VisionLanguageModel) -> list[torch.nn.Parameter]:
-    return [p for name, p in model.named_parameters() if ".lora_" in name]
+    return [p for name, p in model.named_parameters() if is_lora_name(name)]
 
 
 def trainable_parameter_table(model: VisionLanguageModel) -> dict[str, int]:

@@ -12,7 +12,6 @@ image, d widths, D the LM width, V vocabulary.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
 import torch
@@ -21,12 +20,9 @@ from transformers import PreTrainedModel
 
 from mmgpt.config import ModelConfig, PrefixConfig
 from mmgpt.model.build import Backbones, device_of, no_init
-from mmgpt.model.contract import CONNECTOR, RESAMPLER, VISION, Media, ModelCache, ModelOutput, VisionLanguageModel
+from mmgpt.model.contract import CONNECTOR, RESAMPLER, VISION, Media, VisionLanguageModel
 from mmgpt.model.fusion.prefix import Connector, splice_images
-from mmgpt.model.language import (
-    decoder_layers,
-    text_config_numbers,
-)
+from mmgpt.model.language import decoder_layers
 from mmgpt.model.resamplers.abstractor import VisualAbstractor
 from mmgpt.model.resamplers.patch_concat import PatchConcat
 from mmgpt.model.resamplers.perceiver import PerceiverResampler
@@ -65,29 +61,12 @@ class PrefixLM(VisionLanguageModel):
         self.config = config
         self.decoder_layers_path, _ = decoder_layers(language_model, config.lm.decoder_layers_path)
         self.gradient_checkpointing = False
-        self._per_image = self._positions()
-
-    def _positions(self) -> int:
-        """n: the resampler's queries (PatchConcat: the patch groups) plus the connector's end tokens."""
-        tokens = self.vision_encoder.tokens
-        queries = getattr(self.resampler, "num_queries", None)
-        if queries is None:  # PatchConcat: adjacent patches side by side
-            queries = self.resampler.output_tokens(tokens)
-        return queries + self.connector.extra
+        # n: the resampler's queries plus the connector's end tokens.
+        self._per_image = resampled_shape(resampler, vision_encoder)[0] + connector.extra
 
     # ------------------------------------------------------------------ parts
     def part_groups(self) -> dict[str, str]:
         return {"vision_encoder": VISION, "resampler": RESAMPLER, "connector": CONNECTOR}
-
-    def describe(self) -> ModelConfig:
-        lm = dataclasses.replace(
-            self.config.lm,
-            path=None,
-            hf_config=text_config_numbers(self.language_model),
-            tokenizer="tokenizer",
-            decoder_layers_path=self.decoder_layers_path,
-        )
-        return dataclasses.replace(self.config, vision=self.vision_encoder.describe(), lm=lm)
 
     def summary(self) -> str:
         resampler = self.config.prefix.resampler
@@ -108,27 +87,16 @@ class PrefixLM(VisionLanguageModel):
         return self.connector(self.resampler(tokens))
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        *,
-        images: torch.Tensor | None = None,
-        image_counts: torch.Tensor | None = None,
-        media: Media | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: ModelCache | None = None,
-        use_cache: bool = False,
-    ) -> ModelOutput:
-        media, seen = self.resolve_media(input_ids, images=images, image_counts=image_counts, media=media, cache=cache)
+    def run_language_model(
+        self, input_ids: torch.Tensor, *, media: Media | None, before: torch.Tensor, lm_kwargs: dict
+    ):
+        """The LM on the chunk's input embeddings, each image position holding its image's embedding."""
         is_image = input_ids == self.special.image
         embed = self.language_model.get_input_embeddings()
         embeddings = embed(input_ids.masked_fill(is_image, 0).to(embed.weight.device))
         if bool(is_image.any()):
-            before = seen - is_image.sum(dim=1)
             embeddings = splice_images(embeddings, is_image.to(embeddings.device), media.features, before)
-        full_mask, lm_kwargs = self.lm_arguments(input_ids, attention_mask, cache, use_cache)
-        out = self.language_model(inputs_embeds=embeddings, **lm_kwargs)
-        return self.output(out, lm_kwargs, media, seen, full_mask)
+        return self.language_model(inputs_embeds=embeddings, **lm_kwargs)
 
 
 class PerceiverQueries(PerceiverResampler):
@@ -149,6 +117,14 @@ class PerceiverQueries(PerceiverResampler):
 
 
 # ---------------------------------------------------------------------------------------------- builders
+def resampled_shape(resampler: nn.Module, vision_encoder: nn.Module) -> tuple[int, int]:
+    """(q, d) of what ``resampler`` makes of one image of ``vision_encoder``: its learned queries and their width,
+    or, for PatchConcat (no parameters), the patch groups and their width, which follow from the encoder's."""
+    if isinstance(resampler, PatchConcat):
+        return resampler.output_tokens(vision_encoder.tokens), resampler.output_width(vision_encoder.width)
+    return resampler.num_queries, resampler.width
+
+
 def build_resampler(cfg: PrefixConfig, *, vision_width: int) -> nn.Module:
     """The prefix model's resampler: image tokens [N, p, d_v] -> queries [N, q, d]."""
     if cfg.resampler == "qformer":
@@ -204,15 +180,13 @@ def build_prefix_model(cfg: ModelConfig, backbones: Backbones, *, init_weights: 
     dtype = next(lm.parameters()).dtype
     with no_init(not init_weights), torch.device(device_of(vision)):
         resampler = build_resampler(cfg.prefix, vision_width=vision.width)
-        probe = resampler if not isinstance(resampler, PatchConcat) else None
-        width = probe.width if probe is not None else resampler.output_width(vision.width)
         connector = Connector(
-            width,
+            resampled_shape(resampler, vision)[1],
             lm.get_input_embeddings().weight.shape[1],
             bias=cfg.prefix.projection_bias,
             end_tokens=cfg.prefix.end_tokens,
         )
-    model = PrefixLM(
+    return PrefixLM(  # build_model freezes it
         vision_encoder=vision,
         resampler=resampler.to(dtype),
         connector=connector.to(dtype),
@@ -220,5 +194,3 @@ def build_prefix_model(cfg: ModelConfig, backbones: Backbones, *, init_weights: 
         special=prefix_special_ids(backbones.tokenizer),
         config=cfg,
     )
-    model.requires_grad_(False)
-    return model

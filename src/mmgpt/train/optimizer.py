@@ -8,7 +8,7 @@ from torch import nn
 
 from mmgpt.config import LoraConfig
 from mmgpt.model.contract import VisionLanguageModel
-from mmgpt.model.lora import apply_lora, has_lora, trainable_parameter_table
+from mmgpt.model.lora import apply_lora, has_lora, is_lora_name, trainable_parameter_table
 from mmgpt.train.config import OptimizerConfig
 
 
@@ -45,7 +45,7 @@ def check_trainable_set(model: VisionLanguageModel, trainable: str, groups: tupl
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {n for n, _ in model.group_parameters(groups)}
     if trainable == "lora":
-        expected |= {n for n in names if ".lora_A." in n or ".lora_B." in n}
+        expected |= {n for n in names if is_lora_name(n)}
     if names != expected or not names:
         wrong = sorted(names ^ expected)
         raise AssertionError(f"trainable set differs from {trainable!r} + {groups}: {wrong[:8]} (or empty)")

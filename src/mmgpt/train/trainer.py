@@ -383,7 +383,7 @@ class Trainer:
 
     def _final_output(self) -> Path:
         """The trained weights in their usable form: a peft adapter (lora; what ``train_groups`` trained besides goes
-        to ``trainable.safetensors`` in the run directory) or a whole model directory."""
+        beside the adapters, in the adapter's ``trained_parts.safetensors``) or a whole model directory."""
         lora = self.cfg.trainable == "lora"
         output = self.run_dir / ("adapter" if lora else "model")
         if self.ctx.is_main:

@@ -9,6 +9,7 @@ scenes (and language tasks) in memory, rendered on the fly, for callers that nev
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.data.styles import get_style
+from mmgpt.data.templates import Segment
 from mmgpt.data.tokenize import ConversationTokenizer, tokenize_prompt
 from mmgpt.evaluate.generation import DEFAULT_BATCH_SIZE, AnswerRequest, generate_answers
 from mmgpt.model.contract import VisionLanguageModel
@@ -38,6 +40,11 @@ def qa_prompt(item: EvalItem) -> str:
     """``<image>Question: {instruction}[ {input}] Answer:`` - the form of ``pretrain/{questions,qa}.jsonl``."""
     message = item.prompt.messages[-1]
     return IMAGE * len(message.images) + PLAIN_QA.prompt(question_text(message.text, message.input))
+
+
+def _segments(text: str) -> list[Segment]:
+    """``text`` as prompt segments: each ``<image>`` marker an image placeholder (the model's image ids)."""
+    return [Segment(part) for part in re.split(f"({re.escape(IMAGE)})", text) if part]
 
 
 def _qa_answer(generated: str) -> str:
@@ -98,14 +105,7 @@ def generate_responses(
     fmt = model.prompt_format
     if prompt_format == "qa":
         encoder = ConversationTokenizer(tokenizer, fmt=fmt)
-        image_ids = encoder.image_tokens
-        prompts = []
-        for item in items:
-            head, *rest = qa_prompt(item).split(IMAGE)  # each image marker becomes the model's image ids
-            ids = list(encoder.prefix) + (encoder.encode([head])[0] if head else [])
-            for piece in rest:
-                ids += image_ids + (encoder.encode([piece])[0] if piece else [])
-            prompts.append(ids)
+        prompts = [encoder.prompt(item.prompt, segments=_segments(qa_prompt(item))).input_ids for item in items]
         stops, answer_of = QA_STOP_STRINGS, _qa_answer
     else:
         style = get_style(fmt.style)

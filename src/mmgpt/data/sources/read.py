@@ -89,10 +89,6 @@ def image_field(value: object, image: Path | str) -> str | None:
     return fallback
 
 
-def _images(item: object) -> list:
-    return list(getattr(item, "images", ()))
-
-
 def source_paths(source: SourceConfig, resolve: Callable[[str], Path]) -> tuple[Path, Path]:
     """(file, image root): the image root defaults to the file's folder."""
     path = resolve(source.path)
@@ -154,7 +150,7 @@ def read_source(
 
 def _broken_image(conversations: list, check_image: Callable[[Path], None]) -> ImageError | None:
     for conversation in conversations:
-        for image in _images(conversation):
+        for image in conversation.images:
             try:
                 check_image(image)
             except ImageError as error:
@@ -180,6 +176,6 @@ def locate_image(
             conversations = fmt.convert(row, options, ctx)
         except (RowFiltered, MissingImage, RowError, ValueError):
             continue
-        if any(str(item) == wanted for conversation in conversations for item in _images(conversation)):
+        if any(str(item) == wanted for conversation in conversations for item in conversation.images):
             return path, row.where, image_field(row.value, image)
     return None

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mmgpt.data.conversation import Conversation, Message
-from mmgpt.data.templates import Segment
+from mmgpt.data.templates import Segment, require_prompt
 from mmgpt.tokens import IMAGE
 
 SYSTEM = (
@@ -99,14 +99,6 @@ def segments_text(segments: list[Segment], *, eos: str = "") -> str:
     return "".join(IMAGE_HERE if s.is_image else s.text + (eos if s.response and s.eos else "") for s in segments)
 
 
-def _require_prompt(conversation: Conversation) -> None:
-    if not conversation.is_prompt:
-        raise ValueError(
-            "a generation prompt must end with the user's new message; add it with "
-            "conversation.with_user_turn(text, images)"
-        )
-
-
 @dataclass(frozen=True)
 class MiniGpt4Style:
     """MiniGPT-4 v1 (Vicuna v0): stage-2 template for training, the demo's for generation (module docstring)."""
@@ -129,7 +121,7 @@ class MiniGpt4Style:
         return out.done()
 
     def render_prompt(self, conversation: Conversation) -> list[Segment]:
-        _require_prompt(conversation)
+        require_prompt(conversation)
         return self.render_chat(conversation)
 
     def render_chat(self, conversation: Conversation) -> list[Segment]:
@@ -175,7 +167,7 @@ class MiniGpt4Stage1Style:
         return out.done()
 
     def render_prompt(self, conversation: Conversation) -> list[Segment]:
-        _require_prompt(conversation)
+        require_prompt(conversation)
         return self.render(conversation)
 
     def render_text(self, conversation: Conversation, *, eos: str = "") -> str:
@@ -205,7 +197,7 @@ class MiniGpt4Llama2Style:
         return out.done()
 
     def render_prompt(self, conversation: Conversation) -> list[Segment]:
-        _require_prompt(conversation)
+        require_prompt(conversation)
         return self.render(conversation)
 
     def render_text(self, conversation: Conversation, *, eos: str = "") -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mmgpt.data.conversation import Conversation, Message
-from mmgpt.data.templates import Segment
+from mmgpt.data.templates import Segment, require_prompt
 from mmgpt.tokens import IMAGE
 
 SYSTEM = (
@@ -82,11 +82,7 @@ class MplugOwlStyle:
         return render(conversation)
 
     def render_prompt(self, conversation: Conversation) -> list[Segment]:
-        if not conversation.is_prompt:
-            raise ValueError(
-                "a generation prompt must end with the user's new message; add it with "
-                "conversation.with_user_turn(text, images)"
-            )
+        require_prompt(conversation)
         return render(conversation)
 
     def render_text(self, conversation: Conversation, *, eos: str = "") -> str:

@@ -108,7 +108,7 @@ def score_aokvqa(
     predictions: Mapping[ItemId, AokvqaPrediction | Mapping[str, Any]], items: Sequence[MultipleChoiceItem]
 ) -> AokvqaScore:
     """The official MC and DA accuracies; ``predictions`` keyed by question id."""
-    values = aligned(predictions, [item.key for item in items], "A-OKVQA")
+    values = aligned(predictions, items, "A-OKVQA")
     given = [_prediction(value, item.key) for value, item in zip(values, items, strict=True)]
     mc: dict[ItemId, float] = {}
     da: dict[ItemId, float] = {}
@@ -137,7 +137,7 @@ def write_aokvqa_results(
 ) -> Path:
     """``{question_id: {"multiple_choice": str, "direct_answer": str}}``; a setting not predicted is left out."""
     out: dict[str, dict[str, str]] = {}
-    for item, value in zip(items, aligned(predictions, [i.key for i in items], "A-OKVQA results"), strict=True):
+    for item, value in zip(items, aligned(predictions, items, "A-OKVQA results"), strict=True):
         prediction = _prediction(value, item.key)
         pair = (prediction.multiple_choice, prediction.direct_answer)
         out[str(item.key)] = {k: v for k, v in zip(SETTINGS, pair, strict=True) if v is not None}

@@ -39,21 +39,21 @@ def _has_pycocoevalcap() -> bool:
     return True
 
 
-def caption_metrics_problem() -> str | None:
-    """Why the caption metrics cannot run here (None when they can): for callers and tests that skip."""
-    if not _has_pycocoevalcap():
-        return PYCOCOEVALCAP_HINT
-    if shutil.which("java") is None:
-        return JAVA_MISSING
-    return None
-
-
 def require_caption_metrics() -> None:
     """Raise ImportError (no pycocoevalcap) or :class:`JavaMissingError` (no ``java``), saying how to fix it."""
     if not _has_pycocoevalcap():
         raise ImportError(PYCOCOEVALCAP_HINT)
     if shutil.which("java") is None:
         raise JavaMissingError(JAVA_MISSING)
+
+
+def caption_metrics_problem() -> str | None:
+    """Why the caption metrics cannot run here (None when they can): for callers and tests that skip."""
+    try:
+        require_caption_metrics()
+    except (ImportError, JavaMissingError) as error:
+        return str(error)
+    return None
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def score_captions(
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    captions = aligned(predictions, [item.key for item in items], "captions")
+    captions = aligned(predictions, items, "captions")
     # Positions as keys: the scorers need hashable, unique, comparable keys, whatever the image ids are.
     references: dict[int, list[dict[str, Any]]] = {
         k: [{"caption": r} for r in item.references] for k, item in enumerate(items)

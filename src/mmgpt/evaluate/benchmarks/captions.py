@@ -126,7 +126,7 @@ def read_captions(
 
 
 def caption_results(predictions: Mapping[ItemId, str], items: Sequence[CaptionItem]) -> list[dict[str, Any]]:
-    captions = aligned(predictions, [item.key for item in items], "caption results")
+    captions = aligned(predictions, items, "caption results")
     return [{"image_id": item.key, "caption": caption} for item, caption in zip(items, captions, strict=True)]
 
 

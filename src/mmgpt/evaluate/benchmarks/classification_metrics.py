@@ -59,7 +59,7 @@ class HatefulMemesScore:
 
 
 def _probabilities(predictions: Mapping[ItemId, float], items: Sequence[ClassificationItem]) -> list[float]:
-    values = aligned(predictions, [item.key for item in items], "HatefulMemes")
+    values = aligned(predictions, items, "HatefulMemes")
     for item, value in zip(items, values, strict=True):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ValueError(
@@ -125,7 +125,7 @@ def _label(item: ClassificationItem, prediction: int | str) -> int:
 
 def score_top1(predictions: Mapping[ItemId, int | str], items: Sequence[ClassificationItem]) -> Top1Score:
     """Top-1 accuracy of predicted class indices (or names) keyed by item id."""
-    guesses = aligned(predictions, [item.key for item in items], "top-1")
+    guesses = aligned(predictions, items, "top-1")
     by_class: dict[str, list[bool]] = defaultdict(list)
     hits = []
     for item, guess in zip(items, guesses, strict=True):
@@ -139,7 +139,7 @@ def write_top1_results(
     path: str | Path, predictions: Mapping[ItemId, int | str], items: Sequence[ClassificationItem]
 ) -> Path:
     """``[{"id", "label", "class"}]`` (ImageNet subsets have no official result format)."""
-    guesses = aligned(predictions, [item.key for item in items], "top-1 results")
+    guesses = aligned(predictions, items, "top-1 results")
     rows = []
     for item, guess in zip(items, guesses, strict=True):
         label = _label(item, guess)

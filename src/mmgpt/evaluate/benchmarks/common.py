@@ -92,9 +92,10 @@ def json_row(value: Any) -> Any:
     return value
 
 
-def aligned(predictions: Mapping[Any, T], ids: Sequence[ItemId], benchmark: str) -> list[T]:
-    """``predictions[i]`` for each item id, in item order. Every item must have a prediction and every prediction an
-    item (as the official VQA API asserts), so a wrong split, limit or id type fails loudly instead of scoring 0."""
+def aligned(predictions: Mapping[Any, T], items: Sequence[Any], benchmark: str) -> list[T]:
+    """``predictions[item.key]`` for each item, in item order. Every item must have a prediction and every prediction
+    an item (as the official VQA API asserts), so a wrong split, limit or id type fails loudly instead of scoring 0."""
+    ids: list[ItemId] = [item.key for item in items]
     repeated = [i for i, count in Counter(ids).items() if count > 1]
     if repeated:
         raise PredictionError(f"{benchmark}: item ids repeat ({repeated[:SHOWN]!r}); score each item once")
@@ -121,10 +122,13 @@ def mean(values: Sequence[float]) -> float:
 
 
 def write_json(path: str | Path, value: Any) -> Path:
-    """Write a result file (UTF-8, non-ASCII kept), creating its folder."""
+    """Write a JSON file (UTF-8, non-ASCII kept), creating its folder; atomically, so a reader (a resumed run) never
+    sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    temporary.replace(path)
     return path
 
 

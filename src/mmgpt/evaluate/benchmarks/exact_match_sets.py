@@ -52,7 +52,7 @@ def read_gqa(
 
 def write_gqa_results(path: str | Path, predictions: Mapping[ItemId, str], items: Sequence[VqaItem]) -> Path:
     """``[{"questionId", "prediction"}]``, GQA's submission format."""
-    answers = aligned(predictions, [item.key for item in items], "GQA results")
+    answers = aligned(predictions, items, "GQA results")
     return write_json(path, [{"questionId": i.key, "prediction": a} for i, a in zip(items, answers, strict=True)])
 
 

@@ -103,7 +103,7 @@ class RougeScore:
 
 def score_rouge_l(predictions: Mapping[ItemId, str], items: Sequence[InstructionItem]) -> RougeScore:
     """ROUGE-L of responses keyed by item id against the published outputs."""
-    responses = aligned(predictions, [item.key for item in items], "instruction data")
+    responses = aligned(predictions, items, "instruction data")
     per_item = {item.key: rouge_l(response, item.output) for item, response in zip(items, responses, strict=True)}
     by_category: dict[str, list[float]] = defaultdict(list)
     for item in items:
@@ -118,7 +118,7 @@ def write_instruction_results(
     path: str | Path, predictions: Mapping[ItemId, str], items: Sequence[InstructionItem]
 ) -> Path:
     """One ``{"id", "instruction", "input", "output", "prediction"}`` per line (no official format)."""
-    responses = aligned(predictions, [item.key for item in items], "instruction results")
+    responses = aligned(predictions, items, "instruction results")
     rows = (
         {"id": i.id, "instruction": i.instruction, "input": i.input, "output": i.output, "prediction": r}
         for i, r in zip(items, responses, strict=True)

@@ -142,7 +142,7 @@ def _index(prediction: Any, key: ItemId) -> int:
 
 def score_mmlu(predictions: Mapping[ItemId, int | str], items: Sequence[MmluItem]) -> MmluScore:
     """Accuracy of predicted choices (index or letter) keyed by item id."""
-    guesses = aligned(predictions, [item.key for item in items], "MMLU")
+    guesses = aligned(predictions, items, "MMLU")
     by_subject: dict[str, list[bool]] = defaultdict(list)
     for item, guess in zip(items, guesses, strict=True):
         by_subject[item.subject].append(_index(guess, item.key) == item.answer_index)
@@ -153,5 +153,5 @@ def score_mmlu(predictions: Mapping[ItemId, int | str], items: Sequence[MmluItem
 
 def write_mmlu_results(path: str | Path, predictions: Mapping[ItemId, int | str], items: Sequence[MmluItem]) -> Path:
     """``{id: letter}`` (MMLU has no official result file)."""
-    guesses = aligned(predictions, [item.key for item in items], "MMLU results")
+    guesses = aligned(predictions, items, "MMLU results")
     return write_json(path, {item.key: LETTERS[_index(g, item.key)] for item, g in zip(items, guesses, strict=True)})

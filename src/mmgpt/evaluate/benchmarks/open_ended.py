@@ -124,7 +124,7 @@ def conversations(items: Sequence[OpenEndedItem]) -> list[list[OpenEndedItem]]:
 
 
 def _answers(predictions: Mapping[ItemId, str], items: Sequence[OpenEndedItem], benchmark: str) -> list[str]:
-    answers = aligned(predictions, [item.key for item in items], benchmark)
+    answers = aligned(predictions, items, benchmark)
     for item, answer in zip(items, answers, strict=True):
         if not isinstance(answer, str):
             raise TypeError(f"{benchmark}: the answer to {item.key!r} must be a string, got {answer!r}")

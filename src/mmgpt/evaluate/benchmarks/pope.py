@@ -104,7 +104,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 def score_pope(predictions: Mapping[ItemId, str], items: Sequence[YesNoItem]) -> PopeScore:
     """POPE's metrics of free-form answers keyed by question id."""
-    answers = aligned(predictions, [item.key for item in items], "POPE")
+    answers = aligned(predictions, items, "POPE")
     parsed = {item.key: parse_pope_answer(answer) for item, answer in zip(items, answers, strict=True)}
     tp = sum(parsed[i.key] == "yes" and i.label == "yes" for i in items)
     fp = sum(parsed[i.key] == "yes" and i.label == "no" for i in items)
@@ -127,6 +127,6 @@ def score_pope(predictions: Mapping[ItemId, str], items: Sequence[YesNoItem]) ->
 
 def write_pope_answers(path: str | Path, predictions: Mapping[ItemId, str], items: Sequence[YesNoItem]) -> Path:
     """POPE's answer file: ``{"question_id", "question", "answer"}`` per line, in item order."""
-    answers = aligned(predictions, [item.key for item in items], "POPE answers")
+    answers = aligned(predictions, items, "POPE answers")
     rows = ({"question_id": i.key, "question": i.question, "answer": a} for i, a in zip(items, answers, strict=True))
     return write_jsonl(path, rows)

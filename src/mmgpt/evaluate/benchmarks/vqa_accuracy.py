@@ -81,7 +81,7 @@ def _score(
     rule: Callable[[str, Sequence[str]], float],
     benchmark: str,
 ) -> AnswerScore:
-    guesses = aligned(predictions, [item.key for item in items], benchmark)
+    guesses = aligned(predictions, items, benchmark)
     per_item: dict[ItemId, float] = {}
     by_answer: dict[str, list[float]] = defaultdict(list)
     by_question: dict[str, list[float]] = defaultdict(list)

@@ -151,7 +151,7 @@ def read_vizwiz(
 
 def vqa_results(predictions: Mapping[ItemId, str], items: Sequence[VqaItem]) -> list[dict[str, Any]]:
     """``[{"question_id", "answer"}]`` in item order (VQAv2, OK-VQA, TextVQA; OCR-VQA uses it too)."""
-    answers = aligned(predictions, [item.key for item in items], "VQA results")
+    answers = aligned(predictions, items, "VQA results")
     return [{"question_id": item.key, "answer": answer} for item, answer in zip(items, answers, strict=True)]
 
 
@@ -161,5 +161,5 @@ def write_vqa_results(path: str | Path, predictions: Mapping[ItemId, str], items
 
 def write_vizwiz_results(path: str | Path, predictions: Mapping[ItemId, str], items: Sequence[VqaItem]) -> Path:
     """``[{"image", "answer"}]``, the VizWiz evaluation server's format."""
-    answers = aligned(predictions, [item.key for item in items], "VizWiz results")
+    answers = aligned(predictions, items, "VizWiz results")
     return write_json(path, [{"image": i.key, "answer": a} for i, a in zip(items, answers, strict=True)])

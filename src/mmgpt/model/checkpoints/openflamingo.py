@@ -78,7 +78,7 @@ def load_openflamingo_checkpoint(model: Flamingo, path: str | Path) -> LoadRepor
     required = {f"perceiver.{n}" for n, _ in model.perceiver.named_parameters()}
     for i, block in model.gated_blocks().items():
         required |= {f"lang_encoder.{layers_path}.{i}.{BLOCK_NAME}.{n}" for n, _ in block.named_parameters()}
-    embedding = _input_embedding_key(model)
+    embedding = model.input_embedding_name()
     required.add(embedding)
 
     ignored = [k for k in mapped if k not in params and (k in buffers or STRAY_BUFFER.search(k))]
@@ -97,11 +97,6 @@ def load_openflamingo_checkpoint(model: Flamingo, path: str | Path) -> LoadRepor
             params[key].copy_(mapped[key])
     ignored_keys = sorted(origin[k] for k in ignored) + sorted(aliases) + sorted(vision)
     return LoadReport(source=source, loaded=loaded, ignored=ignored_keys)
-
-
-def _input_embedding_key(model: Flamingo) -> str:
-    weight = model.lang_encoder.get_input_embeddings().weight
-    return next(f"lang_encoder.{n}" for n, p in model.lang_encoder.named_parameters() if p is weight)
 
 
 def _output_embedding_key(model: Flamingo) -> str | None:
