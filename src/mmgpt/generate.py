@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.detokenize import RowText
-from mmgpt.model.contract import VisionLanguageModel
+from mmgpt.model.contract import ModelOutput, VisionLanguageModel
 
 FinishReason = Literal["stop", "length", "cancelled"]
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -187,15 +187,11 @@ def decode(
         logits = step(tokens[:, None], alive[:, None].long())
 
 
-def prefill(
-    model: VisionLanguageModel,
-    prompts: Sequence[Sequence[int]],
-    images: Sequence[torch.Tensor | None],
-    config: GenerationConfig,
-) -> tuple[torch.Tensor, torch.Tensor, Step]:
-    """Run a batch of token-list prompts with per-row images (left padding, image stacking) once; returns the
-    last logits [b, V], the ids so far [b, T] and the step function that continues their cache. Rows are
-    ``num_return_sequences`` copies of each prompt, prefilled once."""
+def run_prompts(
+    model: VisionLanguageModel, prompts: Sequence[Sequence[int]], images: Sequence[torch.Tensor | None]
+) -> tuple[ModelOutput, torch.Tensor]:
+    """A batch of token-list prompts with per-row images, run once (left padding, image stacking): the model's
+    output (logits [b, T, V] and the cache to continue from) and the padded ids [b, T] on the model's device."""
     device = model.device
     input_ids, attention_mask = pad_left(prompts, model.special.pad)
     pixels, counts = stack_images(images)
@@ -206,7 +202,21 @@ def prefill(
         attention_mask=attention_mask.to(device),
         use_cache=True,
     )
-    logits, cache, seen = out.logits[:, -1], out.cache, input_ids.to(device)
+    return out, input_ids.to(device)
+
+
+def prefill(
+    model: VisionLanguageModel,
+    prompts: Sequence[Sequence[int]],
+    images: Sequence[torch.Tensor | None],
+    config: GenerationConfig,
+) -> tuple[torch.Tensor, torch.Tensor, Step]:
+    """Run a batch of token-list prompts with per-row images (left padding, image stacking) once; returns the
+    last logits [b, V], the ids so far [b, T] and the step function that continues their cache. Rows are
+    ``num_return_sequences`` copies of each prompt, prefilled once."""
+    device = model.device
+    out, input_ids = run_prompts(model, prompts, images)
+    logits, cache, seen = out.logits[:, -1], out.cache, input_ids
     if config.num_return_sequences > 1:
         rows = torch.arange(input_ids.shape[0], device=device).repeat_interleave(config.num_return_sequences)
         logits, seen, cache = logits[rows], seen[rows], cache.select(rows)

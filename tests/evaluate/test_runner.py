@@ -242,3 +242,37 @@ def test_mplug_owl_in_its_own_template(world, world_files, tmp_path, capsys):
     assert prompt["prompt"].startswith("The following is a conversation between a curious human and AI assistant.")
     assert "\nHuman: <image>\nHuman: Which shape is at the bottom?" in prompt["prompt"]
     assert prompt["prompt"].endswith("\nAI: ") and prompt["candidates"] == ["circle", "triangle", "star", "diamond"]
+
+
+def test_open_ended_prompts_are_recorded_as_they_were_asked(tiny_world, world, tmp_path, capsys, monkeypatch):
+    """With a custom --template the OwlEval questions are asked in it, and prompts.jsonl records what was asked
+    (the runner builds each turn's prompt with the harness's query builder)."""
+    from mmgpt.evaluate import owleval
+
+    asked_ids: list[list[int]] = []
+    real = owleval.generate_answers
+
+    def spy(model, tokenizer, requests, **kwargs):
+        asked_ids.extend(r.input_ids for r in requests)
+        return real(model, tokenizer, requests, **kwargs)
+
+    monkeypatch.setattr(owleval, "generate_answers", spy)
+    rows = [
+        {"image": "h00001.png", "question_id": k + 1, "question": q, "ability": "a", "category": ["multi_turn"]}
+        for k, q in enumerate(["What colour is the star?", "And the square?"])
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    images = world / "heldout" / "images"
+    args = ["owleval", "--data", str(questions), "--images", str(images), "--model", "tiny-world"]
+    code, text = run(
+        capsys, *args, "--template", "Briefly: {question}", "--max-new-tokens", "4", "--out", str(tmp_path)
+    )
+    assert code == 0, text
+    recorded = [r["prompt"] for r in lines(tmp_path / "shots0-seed42" / "prompts.jsonl")]
+    tokenizer = tiny_world[1]
+    sent = [tokenizer.decode(ids) for ids in asked_ids]
+    assert len(sent) == len(recorded) == 2
+    assert all("Briefly: " in s for s in sent) and "Briefly: And the square?" in recorded[1]
+    for prompt, decoded in zip(recorded, sent, strict=True):
+        assert decoded.replace(" ", "").endswith(prompt.replace("<image>", "").replace(" ", "")[-40:])

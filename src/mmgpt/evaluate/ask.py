@@ -133,10 +133,21 @@ class Asker:
         chat template, a conversation's questions asked in order with its own earlier answers); a conversation
         whose image cannot be read is skipped whole."""
 
+        queries: dict[Any, Any] = {}  # item key -> the query asked (recorded as it was sent)
+
+        def prompt_ids(item: Any, history: list[tuple[str, str]]) -> list[int]:
+            queries[item.key] = self.builder.build(item, history=history)
+            return queries[item.key].ids
+
         def answer(questions: Sequence[Any]) -> dict[Any, str]:
             budget = self.budget()
             return answer_owleval(
-                self.model, self.tokenizer, questions, max_new_tokens=budget, batch_size=self.batch_size
+                self.model,
+                self.tokenizer,
+                questions,
+                max_new_tokens=budget,
+                batch_size=self.batch_size,
+                prompt_ids=prompt_ids,
             )
 
         records: list[dict[str, Any]] = []
@@ -150,12 +161,10 @@ class Asker:
                 except ImageError as error:
                     records += [{"key": item.key, "skipped": f"image: {error}"} for item in group]
         for group in groups:
-            for turn, item in enumerate(group):
+            for item in group:
                 if item.key not in answers:
                     continue
-                history = [(earlier.question, answers[earlier.key]) for earlier in group[:turn]]
-                query = self.builder.build(item, history=history)
-                records.append({"key": item.key, "prediction": answers[item.key], "query": query.record()})
+                records.append({"key": item.key, "prediction": answers[item.key], "query": queries[item.key].record()})
         return records
 
     def ask(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmgpt.generate import pad_left, stack_images
+from mmgpt.generate import run_prompts
 from mmgpt.model.contract import VisionLanguageModel
 
 NORMALIZATIONS = ("mean", "sum")
@@ -40,15 +40,7 @@ def _rank_batch(
     model: VisionLanguageModel, batch: Sequence[RankRequest], normalize: str, candidate_rows: int
 ) -> list[list[float]]:
     device = model.device
-    input_ids, mask = pad_left([r.input_ids for r in batch], model.special.pad)
-    pixels, counts = stack_images([r.images for r in batch])
-    out = model(
-        input_ids.to(device),
-        images=None if pixels is None else pixels.to(device),
-        image_counts=counts,
-        attention_mask=mask.to(device),
-        use_cache=True,
-    )
+    out, _ = run_prompts(model, [r.input_ids for r in batch], [r.images for r in batch])
     first = out.logits[:, -1].float().log_softmax(dim=-1)  # [b, V]
     token_scores: list[list[list[float]]] = [
         [[float(first[row, c[0]])] for c in request.candidates] for row, request in enumerate(batch)

@@ -40,8 +40,12 @@ def answer_owleval(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[int], None] | None = None,
+    prompt_ids: Callable[[OpenEndedItem, list[tuple[str, str]]], list[int]] | None = None,
 ) -> dict[ItemId, str]:
-    """question_id -> the model's answer, for OwlEval items (``read_owleval``); see the module docstring."""
+    """question_id -> the model's answer, for OwlEval items (``read_owleval``); see the module docstring.
+    ``prompt_ids(item, history)``: the prompt of a question after the earlier (question, answer) turns of its
+    conversation (default: the questions as written, in the model's chat template; the harness passes its own
+    query builder, so the prompt it records is the one asked)."""
     style = get_style(model.prompt_format.style)
     transform = model.image_transform()
     groups = conversations(items)
@@ -54,12 +58,16 @@ def answer_owleval(
             image = group[0].image
             if image not in pixels:
                 pixels[image] = transform(image)[None]  # [1, 3, H, W]
-            messages: list[Message] = []
-            for k, item in enumerate(group[: turn + 1]):
-                messages.append(Message("user", item.question, (image,) if k == 0 else ()))
-                if k < turn:
-                    messages.append(Message("assistant", answers[item.key]))
-            ids = tokenize_prompt(Conversation(messages), tokenizer, fmt=model.prompt_format).input_ids
+            history = [(earlier.question, answers[earlier.key]) for earlier in group[:turn]]
+            if prompt_ids is not None:
+                ids = prompt_ids(group[turn], history)
+            else:
+                messages: list[Message] = []
+                for k, (question, answer) in enumerate([*history, (group[turn].question, None)]):
+                    messages.append(Message("user", question, (image,) if k == 0 else ()))
+                    if answer is not None:
+                        messages.append(Message("assistant", answer))
+                ids = tokenize_prompt(Conversation(messages), tokenizer, fmt=model.prompt_format).input_ids
             requests.append(AnswerRequest(ids, pixels[image], max_new_tokens, style.stop_strings))
         texts = generate_answers(model, tokenizer, requests, batch_size=batch_size, on_progress=on_progress)
         for group, text in zip(live, texts, strict=True):

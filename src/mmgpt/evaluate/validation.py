@@ -11,7 +11,6 @@ as ``{name}_{figure}`` (``pope_pope_f1``, ``vqav2_vqa_accuracy``, ``mmlu_mmlu_ac
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -19,9 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from mmgpt.evaluate.prompts import PromptSpec
 from mmgpt.evaluate.report import BREAKDOWN
 from mmgpt.evaluate.runner import EvalSettings, evaluate_benchmark
-from mmgpt.model.contract import VisionLanguageModel
-
-Evaluator = Callable[[VisionLanguageModel, PreTrainedTokenizerBase], dict[str, float]]
+from mmgpt.model.contract import Evaluator, VisionLanguageModel
 
 
 def settings_of(entry: Any) -> EvalSettings:

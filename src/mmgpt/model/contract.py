@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from mmgpt.config import ModelConfig
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
@@ -66,6 +66,11 @@ GROUPS = (
     LM_MLP,
     LM_OTHER,
 )
+
+
+# What measures a model: (model, tokenizer) -> named figures (the trainer calls them at validation; the world's and
+# the benchmarks' evaluators are ones).
+Evaluator = Callable[["VisionLanguageModel", PreTrainedTokenizerBase], dict[str, float]]
 
 
 class VisionLanguageModel(nn.Module, abc.ABC):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from mmgpt.data.collate import Batch
 from mmgpt.data.config import DataConfig
 from mmgpt.data.loader import PairedBatch, PairedBatches, build_training_batches, merge_skipped
 from mmgpt.data.sources import SourceStats
-from mmgpt.model.contract import VisionLanguageModel
+from mmgpt.model.contract import Evaluator, VisionLanguageModel
 from mmgpt.train.checkpoint import (
     TrainerState,
     capture_rng,
@@ -51,8 +51,6 @@ from mmgpt.train.loss import causal_lm_loss
 from mmgpt.train.optimizer import build_optimizer, make_trainable
 from mmgpt.train.progress import Progress
 from mmgpt.train.schedule import build_scheduler
-
-Evaluator = Callable[[VisionLanguageModel, PreTrainedTokenizerBase], dict[str, float]]
 
 
 class TrainingError(RuntimeError):

@@ -22,7 +22,7 @@ from mmgpt.data.styles import get_style
 from mmgpt.data.templates import Segment
 from mmgpt.data.tokenize import ConversationTokenizer, tokenize_prompt
 from mmgpt.evaluate.generation import DEFAULT_BATCH_SIZE, AnswerRequest, generate_answers
-from mmgpt.model.contract import VisionLanguageModel
+from mmgpt.model.contract import Evaluator, VisionLanguageModel
 from mmgpt.tokens import END_OF_CHUNK, IMAGE
 from mmgpt.world.corpus import PLAIN_QA, question_text
 from mmgpt.world.items import EvalItem, language_items, scene_items
@@ -190,9 +190,6 @@ def evaluate_world(
     ]
     results = summarise(records, {scene.id: scene for scene in scenes})
     return {**results, "items": len(items), "seconds": time.perf_counter() - start, "records": records}
-
-
-Evaluator = Callable[[VisionLanguageModel, PreTrainedTokenizerBase], dict[str, float]]
 
 
 def world_evaluator(world: str, scenes: int) -> Evaluator:
