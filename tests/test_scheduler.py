@@ -141,6 +141,25 @@ def test_a_client_that_leaves_frees_its_row_and_its_session_goes_on(flamingo):
         stop_batching(flamingo)
 
 
+def test_deltas_a_slow_reader_has_not_taken_come_out_joined(flamingo):
+    config = GenerationConfig(max_new_tokens=12)
+    alone = ChatSession(flamingo).ask("describe the image", images=[picture(7)], config=config)
+    scheduler = start_batching(flamingo, max_rows=4)
+    try:
+        session = ChatSession(flamingo)
+        stream = session.send("describe the image", images=[picture(7)], config=config)
+        pieces = [next(stream)]
+        deadline = time.monotonic() + 60
+        # The reader dawdles while the answer ends: its first token came from the prefill, the other 11 from steps.
+        while (scheduler.rows or scheduler.steps < 11) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pieces += list(stream)
+    finally:
+        stop_batching(flamingo)
+    assert "".join(pieces).strip() == alone.text and session.last.completion_tokens == alone.completion_tokens == 12
+    assert len(pieces) == 2  # the first delta, then the other eleven tokens' text in one piece
+
+
 def test_a_prefix_model_batches_through_the_contract():
     tokenizer = make_tokenizer()
     chat = ChatModel.wrap(make_toy(tokenizer), tokenizer)

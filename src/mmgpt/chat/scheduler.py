@@ -145,19 +145,33 @@ class Scheduler:
     # ------------------------------------------------------------------ clients
     def stream(self, job: Job) -> Iterator[str]:
         """Submit ``job`` and yield its text deltas; the generator's return value is its :class:`Outcome`.
-        Closing the generator early (a client gone) cancels the job at the next step."""
+        Closing the generator early (a client gone) cancels the job at the next step. Deltas that arrived while the
+        consumer was busy come out joined, as one: a reader that fell behind (a slow client, a busy event loop)
+        catches up in one piece instead of paying per token."""
         if not self._thread.is_alive():
             raise RuntimeError("the scheduler has stopped; create a new one")
         self._inbox.put(job)
         try:
+            event = job.events.get()
             while True:
-                kind, value = job.events.get()
-                if kind == "delta":
-                    yield value
-                elif kind == "end":
+                kind, value = event
+                if kind == "end":
                     return value
-                else:
+                if kind != "delta":
                     raise value
+                pieces = [value]
+                event = None
+                while event is None:
+                    try:
+                        event = job.events.get_nowait()
+                    except queue.Empty:
+                        break
+                    if event[0] == "delta":
+                        pieces.append(event[1])
+                        event = None
+                yield "".join(pieces)
+                if event is None:
+                    event = job.events.get()
         finally:
             job.cancelled.set()
 

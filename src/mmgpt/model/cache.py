@@ -1,17 +1,114 @@
 """What a forward looks at and what it leaves to continue from: Media (encoded images) and ModelCache (the LM's KV
-cache with its running counts) - for every model kind of the contract, and for batches whose rows come and go.
+cache with its running counts) - for every model kind of the contract, and for batches whose rows come and go. The
+KV cache appends in place (GrowingCache): a decode step writes its positions instead of copying the cache.
 
 Legend: b batch, S tokens so far, m images, n features per image, d feature width, h heads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's self-attention KV cache that appends in place: ``keys``/``values`` [b, h, S, d] are views of
+    buffers with room for ``ROOM`` more positions, so a decode step writes its one position instead of copying the
+    whole cache (transformers' DynamicLayer concatenates: with 8 rows of 200 positions that copy was most of a step
+    on a CPU). When the room is used up the buffer grows by another ``ROOM`` (one copy per ``ROOM`` steps).
+
+    Setting ``keys``/``values`` to other tensors (a selection of rows, a crop, another cache's views) is honoured:
+    the next update copies them into a buffer of this layer's own, so a cache never writes into memory another
+    holds. A view of its own buffer's first rows (``ModelCache.without_rows``) keeps appending in place."""
+
+    ROOM = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_buffer: torch.Tensor | None = None
+        self.value_buffer: torch.Tensor | None = None
+
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> GrowingLayer:
+        """A layer that owns the buffers ``keys``/``values`` [b, h, capacity, d], their first ``length`` positions
+        in use (the caller writes them and keeps no other reference)."""
+        layer = cls()
+        layer.lazy_initialization(keys, values)
+        layer.key_buffer, layer.value_buffer = keys, values
+        layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+        return layer
+
+    @classmethod
+    def capacity(cls, length: int) -> int:
+        """Positions to allocate for ``length`` in use: the next multiple of ``ROOM`` above it."""
+        return (length // cls.ROOM + 1) * cls.ROOM
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[2]
+        if not self._appends_in_place(length + new):
+            self._reserve(length + new, like=key_states, like_values=value_states)
+        end = length + new
+        self.key_buffer[: key_states.shape[0], :, length:end] = key_states
+        self.value_buffer[: value_states.shape[0], :, length:end] = value_states
+        rows = key_states.shape[0]
+        self.keys, self.values = self.key_buffer[:rows, :, :end], self.value_buffer[:rows, :, :end]
+        return self.keys, self.values
+
+    def _appends_in_place(self, length: int) -> bool:
+        """Whether ``keys``/``values`` are still the start of this layer's buffers, with room for ``length``."""
+        if self.key_buffer is None or self.keys.dim() != 4 or length > self.key_buffer.shape[2]:
+            return False
+        return all(
+            held.data_ptr() == buffer.data_ptr() and held.stride() == buffer.stride()
+            for held, buffer in ((self.keys, self.key_buffer), (self.values, self.value_buffer))
+        )
+
+    def _reserve(self, length: int, *, like: torch.Tensor, like_values: torch.Tensor) -> None:
+        """New buffers with room for ``length`` positions, the cached ones copied in."""
+        size = self.capacity(length)
+        rows, heads = like.shape[:2]
+        self.key_buffer = like.new_empty((rows, heads, size, like.shape[3]))
+        self.value_buffer = like_values.new_empty((rows, heads, size, like_values.shape[3]))
+        held = self.get_seq_length()
+        if held:
+            self.key_buffer[:, :, :held] = self.keys
+            self.value_buffer[:, :, :held] = self.values
+        self.keys, self.values = self.key_buffer[:, :, :held], self.value_buffer[:, :, :held]
+
+
+class GrowingCache(DynamicCache):
+    """transformers' DynamicCache with :class:`GrowingLayer` layers (appending in place)."""
+
+    def __init__(self, layers: Sequence[GrowingLayer] | None = None) -> None:
+        if layers is None:
+            Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+        else:
+            Cache.__init__(self, layers=list(layers))
+
+
+def copy_kv(kv: DynamicCache, take: Callable[[torch.Tensor], torch.Tensor], *, room: bool = True) -> GrowingCache:
+    """A cache of its own holding ``take(keys)``, ``take(values)`` of every layer of ``kv``: in buffers with room
+    to grow, or (``room=False``) at exactly their size."""
+    if kv.get_seq_length() == 0:
+        return GrowingCache()
+    if not room:
+
+        def exact(layer: DynamicLayer) -> GrowingLayer:  # always a copy (never a view of kv's memory)
+            keys, values = (take(t).clone(memory_format=torch.contiguous_format) for t in (layer.keys, layer.values))
+            return GrowingLayer.holding(keys, values, keys.shape[2])
+
+        return GrowingCache([exact(layer) for layer in kv.layers])
+    copied = GrowingCache()
+    for i, layer in enumerate(kv.layers):
+        copied.update(take(layer.keys), take(layer.values), i)
+    return copied
 
 
 @dataclass
@@ -79,8 +176,9 @@ class Media:
 class ModelCache:
     """What a later call needs to continue a sequence: the LM's KV cache, the media, and the running counts.
 
-    kv: the HF cache of the LM's self-attention; media: the encoded images; placeholders_seen [b]: image
-    positions consumed so far (an image is ``tokens_per_image`` of them); attention_mask [b, S]: 1 for real tokens.
+    kv: the HF cache of the LM's self-attention (a :class:`GrowingCache` when made here); media: the encoded images;
+    placeholders_seen [b]: image positions consumed so far (an image is ``tokens_per_image`` of them);
+    attention_mask [b, S]: 1 for real tokens.
     """
 
     kv: DynamicCache
@@ -93,7 +191,7 @@ class ModelCache:
         """An empty cache to run a sequence into piece by piece (chunked prefill): a continuation from position 0,
         so a first chunk need not hold every image's placeholders yet."""
         empty = torch.zeros(rows, 0, dtype=torch.long, device=device)
-        return cls(DynamicCache(), media, torch.zeros(rows, dtype=torch.long, device=device), empty)
+        return cls(GrowingCache(), media, torch.zeros(rows, dtype=torch.long, device=device), empty)
 
     @property
     def length(self) -> int:
@@ -101,10 +199,7 @@ class ModelCache:
 
     def select(self, rows: torch.Tensor) -> ModelCache:
         """Keep (or repeat) the given batch rows, e.g. to drop finished rows or sample several continuations."""
-        kv = DynamicCache()
-        for i, layer in enumerate(self.kv.layers):
-            if layer.keys is not None and layer.keys.numel():
-                kv.update(layer.keys[rows.to(layer.keys.device)], layer.values[rows.to(layer.values.device)], i)
+        kv = copy_kv(self.kv, lambda t: t[rows.to(t.device)])
         media = self.media.select(rows) if self.media is not None else None
         return ModelCache(kv, media, self.placeholders_seen[rows], self.attention_mask[rows])
 
@@ -138,22 +233,25 @@ class ModelCache:
         positions come from the mask, so every row continues exactly as it would alone (continuous batching)."""
         length = max(c.length for c in caches)
         rows = sum(c.rows for c in caches)
-        kv = DynamicCache()
+        layers = []
         for i in range(len(caches[0].kv.layers)):
-            # Written once into one buffer (no padded copies to concatenate): merging is a copy of the batch.
+            # Written once into one buffer with room to grow (no padded copies to concatenate): merging is a copy
+            # of the batch.
             like = caches[0].kv.layers[i]
             width = like.keys.shape[2] + length - caches[0].length  # as each row's keys left-padded like its mask
-            keys = like.keys.new_empty((rows, like.keys.shape[1], width, like.keys.shape[3]))
-            values = like.values.new_empty((rows, like.values.shape[1], width, like.values.shape[3]))
+            room = GrowingLayer.capacity(width)
+            keys = like.keys.new_empty((rows, like.keys.shape[1], room, like.keys.shape[3]))
+            values = like.values.new_empty((rows, like.values.shape[1], room, like.values.shape[3]))
             start = 0
             for c in caches:
                 layer, pad, end = c.kv.layers[i], length - c.length, start + c.rows
                 keys[start:end, :, :pad] = 0
                 values[start:end, :, :pad] = 0
-                keys[start:end, :, pad:] = layer.keys
-                values[start:end, :, pad:] = layer.values
+                keys[start:end, :, pad:width] = layer.keys
+                values[start:end, :, pad:width] = layer.values
                 start = end
-            kv.update(keys, values, i)
+            layers.append(GrowingLayer.holding(keys, values, width))
+        kv = GrowingCache(layers)
         mask = torch.cat([F.pad(c.attention_mask, (length - c.length, 0)) for c in caches])
         seen = torch.cat([c.placeholders_seen for c in caches])
         media = None
@@ -167,9 +265,7 @@ class ModelCache:
         start = int(self.attention_mask.any(dim=0).int().argmax()) if bool(self.attention_mask.any()) else 0
         if start == 0:
             return self
-        kv = DynamicCache()
-        for j, layer in enumerate(self.kv.layers):
-            kv.update(layer.keys[:, :, start:], layer.values[:, :, start:], j)
+        kv = copy_kv(self.kv, lambda t: t[:, :, start:])
         return ModelCache(kv, self.media, self.placeholders_seen, self.attention_mask[:, start:])
 
     @property
@@ -177,24 +273,18 @@ class ModelCache:
         return self.attention_mask.shape[0]
 
     def row(self, i: int) -> ModelCache:
-        """Row ``i`` alone, its left padding dropped: the cache it would have had if it had run alone."""
-        single = self.select(torch.tensor([i]))
-        real = single.attention_mask[0].nonzero()
-        start = int(real[0]) if real.numel() else single.length
-        if start == 0:
-            return single
-        kv = DynamicCache()
-        for j, layer in enumerate(single.kv.layers):
-            kv.update(layer.keys[:, :, start:], layer.values[:, :, start:], j)
-        return ModelCache(kv, single.media, single.placeholders_seen, single.attention_mask[:, start:])
+        """Row ``i`` alone, its left padding dropped: the cache it would have had if it had run alone - at its
+        exact size (a row leaving the batch is parked with its conversation until the next turn, which crops it)."""
+        real = self.attention_mask[i].nonzero()
+        start = int(real[0]) if real.numel() else self.length
+        kv = copy_kv(self.kv, lambda t: t[i : i + 1, :, start:], room=False)
+        media = self.media.select(torch.tensor([i])) if self.media is not None else None
+        return ModelCache(kv, media, self.placeholders_seen[i : i + 1], self.attention_mask[i : i + 1, start:])
 
     def crop(self, length: int, *, placeholders_seen: torch.Tensor, media: Media | None) -> ModelCache:
         """The first ``length`` positions, continuing with ``media`` (e.g. a conversation that added an image);
         ``placeholders_seen`` [b] counts the image positions among those ``length``."""
-        kv = DynamicCache()
-        for i, layer in enumerate(self.kv.layers):
-            if layer.keys is not None and layer.keys.numel():
-                kv.update(layer.keys[:, :, :length], layer.values[:, :, :length], i)
+        kv = copy_kv(self.kv, lambda t: t[:, :, :length])
         seen = placeholders_seen.to(self.placeholders_seen.device)
         return ModelCache(kv, media, seen, self.attention_mask[:, :length])
 

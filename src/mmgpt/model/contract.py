@@ -31,11 +31,11 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmgpt.config import ModelConfig
 from mmgpt.data.images import DEFAULT_MAX_PIXELS, ImageTransform
-from mmgpt.model.cache import Media, ModelCache, ModelOutput
+from mmgpt.model.cache import GrowingCache, Media, ModelCache, ModelOutput
 from mmgpt.model.language import (
     lm_cache_argument,
     lm_modules,
@@ -265,7 +265,7 @@ class VisionLanguageModel(nn.Module, abc.ABC):
         device = input_ids.device
         chunk_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids)
         full_mask = chunk_mask if cache is None else torch.cat([cache.attention_mask.to(device), chunk_mask], 1)
-        kv = cache.kv if cache is not None else (DynamicCache() if use_cache else None)
+        kv = cache.kv if cache is not None else (GrowingCache() if use_cache else None)
         kwargs: dict = {"use_cache": kv is not None}
         if kv is not None:
             kwargs[lm_cache_argument(self.language_model)] = kv

@@ -1,0 +1,91 @@
+"""The KV cache that appends in place (GrowingLayer): the same keys and values as transformers' concatenating
+DynamicCache, no copy per step, and no cache ever writes into memory another cache holds."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from mmgpt.model.cache import GrowingCache, GrowingLayer, ModelCache
+from tests.model.conftest import tiny_model
+
+
+def states(rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, 2, length, 4, generator=g), torch.randn(rows, 2, length, 4, generator=g)
+
+
+def test_appends_equal_concatenation_and_copy_only_when_the_room_is_used_up():
+    growing, dynamic = GrowingCache(), DynamicCache()
+    pieces = [5, *[1] * (2 * GrowingLayer.ROOM)]  # a prefill, then one position a step past two rooms
+    buffers = set()
+    for step, length in enumerate(pieces):
+        keys, values = states(3, length, seed=step)
+        got = growing.update(keys, values, 0)
+        want = dynamic.update(keys, values, 0)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        buffers.add(growing.layers[0].key_buffer.data_ptr())
+    total = sum(pieces)
+    assert growing.get_seq_length() == total == 5 + 2 * GrowingLayer.ROOM
+    assert len(buffers) == 3  # 5 -> room for 128, grown at 128 and at 256: three buffers for 261 positions
+    assert growing.layers[0].key_buffer.shape[2] == GrowingLayer.capacity(total) == 3 * GrowingLayer.ROOM
+
+
+def test_a_crop_of_a_cache_writes_into_memory_of_its_own():
+    first = GrowingCache()
+    first.update(*states(1, 10, seed=0), 0)
+    kept = first.layers[0].keys.clone()
+    cropped = GrowingCache()
+    cropped.update(first.layers[0].keys[:, :, :6], first.layers[0].values[:, :, :6], 0)  # as ModelCache.crop
+    cropped.update(*states(1, 4, seed=1), 0)  # writes positions 6-9 of the crop: not the first cache's
+    assert torch.equal(first.layers[0].keys, kept)
+    first.update(*states(1, 1, seed=2), 0)
+    assert torch.equal(cropped.layers[0].keys[:, :, 6:], states(1, 4, seed=1)[0])
+
+
+def test_keys_set_from_outside_are_copied_before_the_next_append():
+    cache = GrowingCache()
+    cache.update(*states(4, 3, seed=0), 0)
+    layer = cache.layers[0]
+    layer.keys, layer.values = layer.keys[[2, 0]], layer.values[[2, 0]]  # as DynamicLayer.batch_select_indices
+    before = layer.keys.clone()
+    keys, _ = cache.update(*states(2, 1, seed=1), 0)
+    assert keys.shape == (2, 2, 4, 4) and torch.equal(keys[:, :, :3], before)
+
+
+def test_rows_leaving_a_batch_keep_it_appending_in_place():
+    model, tokenizer = tiny_model("llama", "previous")
+    ids = torch.tensor([tokenizer("a red circle above a blue square").input_ids] * 3)
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+        buffer = cache.kv.layers[0].key_buffer.data_ptr()
+        kept, order = cache.without_rows([0])
+        assert order == [2, 1]
+        out = model(ids[:2, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), cache=kept, use_cache=True)
+    assert out.cache.kv.layers[0].key_buffer.data_ptr() == buffer
+    assert out.cache.kv.get_seq_length() == ids.shape[1] + 1
+
+
+def test_a_merged_batch_has_room_to_grow():
+    model, tokenizer = tiny_model("llama", "previous")
+    with torch.no_grad():
+        caches = [model(torch.tensor([tokenizer(text).input_ids]), use_cache=True).cache for text in ("a", "a b c")]
+        merged = ModelCache.merge(caches)
+        buffer = merged.kv.layers[0].key_buffer.data_ptr()
+        out = model(torch.tensor([[5], [6]]), attention_mask=torch.ones(2, 1, dtype=torch.long), cache=merged,
+                    use_cache=True)  # fmt: skip
+    assert out.cache.kv.layers[0].key_buffer.data_ptr() == buffer
+
+
+def test_a_row_leaving_the_batch_is_parked_at_its_exact_size_in_memory_of_its_own():
+    model, tokenizer = tiny_model("llama", "previous")
+    with torch.no_grad():
+        texts = ("a red circle", "a", "a blue square above")
+        caches = [model(torch.tensor([tokenizer(text).input_ids]), use_cache=True).cache for text in texts]
+        merged = ModelCache.merge(caches)
+        parked = merged.row(0)
+        kept = parked.kv.layers[0].keys.clone()
+        merged.without_rows([1])  # the last row moves into slot 1, in place
+    layer = parked.kv.layers[0]
+    assert layer.key_buffer.shape[2] == parked.length == caches[0].length
+    assert torch.equal(layer.keys, kept) and torch.equal(layer.keys, caches[0].kv.layers[0].keys)
