@@ -94,6 +94,9 @@ def test_unknown_ids_and_malformed_files(tmp_path, capsys):
     (tmp_path / "results.json").write_text("[{")
     code, out = score(capsys, *args)
     assert code == 2 and "results.json: not JSON" in out
+    (tmp_path / "results.json").write_text('{"421": "two"}')  # A-OKVQA's and MMLU's shape, not VQAv2's
+    code, out = score(capsys, *args)
+    assert code == 2 and "results.json: expected a list of result objects, found dict" in out
 
 
 def test_aokvqa_golden(tmp_path, capsys):

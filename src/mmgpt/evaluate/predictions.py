@@ -1,7 +1,7 @@
 """Reading predictions back from a benchmark's official RESULT file - ours or another codebase's - for scoring
 without a model (``mmgpt eval score``).
 
-The formats (what ``Benchmark.write`` writes, and what the official evaluations read):
+The formats (each benchmark's ``results`` layout: what its ``write`` writes, and what the official evaluations read):
 
 | benchmark | result file | key, prediction |
 |---|---|---|
@@ -15,6 +15,9 @@ The formats (what ``Benchmark.write`` writes, and what the official evaluations 
 | imagenet | ``[{"id", "label"}]`` | id, label |
 | mmlu | ``{id: letter}`` | id, letter |
 | dolly, alpaca | one ``{"id", "prediction"}`` per line | id, prediction |
+| owleval | one ``{"question_id", ..., "answer"}`` per line | question_id, answer |
+| llava-bench | one ``{"question_id", ..., "text"}`` per line | question_id, text |
+| mm-vet | ``{id: answer}`` | id, answer |
 
 Edge cases, each an explicit choice:
 
@@ -41,19 +44,6 @@ from mmgpt.evaluate.benchmarks import Benchmark, PredictionError
 
 DUPLICATES = ("error", "last")
 MISSING = ("error", "zero", "skip")
-# (key field, prediction field) of the list-of-objects result formats
-FIELDS = {
-    "vizwiz": ("image", "answer"),
-    "gqa": ("questionId", "prediction"),
-    "coco": ("image_id", "caption"),
-    "flickr30k": ("image_id", "caption"),
-    "imagenet": ("id", "label"),
-    "dolly": ("id", "prediction"),
-    "alpaca": ("id", "prediction"),
-    "owleval": ("question_id", "answer"),
-    "llava-bench": ("question_id", "text"),
-}
-DEFAULT_FIELDS = ("question_id", "answer")
 ZERO_ALLOWED = ("vqa", "caption", "multiple_choice", "instruction")
 LINE = "line"
 
@@ -73,20 +63,24 @@ class ReadPredictions:
 
 
 def _rows(path: Path, bench: Benchmark) -> list[tuple[str, Any, Any]]:
-    """(where, key, prediction) of every row, in file order."""
+    """(where, key, prediction) of every row, in file order, read as the benchmark's result file is laid out."""
+    layout = bench.results
     text = path.read_text(encoding="utf-8")
-    if bench.name == "hatefulmemes":
+    if layout.form == "csv":
         rows = list(csv.DictReader(text.splitlines()))
-        if rows and not {"id", "proba"} <= set(rows[0]):
-            raise ResultFormatError(f"{path}: expected the columns id,proba,label; got {list(rows[0])}")
+        if rows and not {layout.key, layout.prediction} <= set(rows[0]):
+            expected = f"{layout.key},{layout.prediction}"
+            raise ResultFormatError(f"{path}: expected the columns {expected}; got {list(rows[0])}")
         out = []
         for n, row in enumerate(rows, start=2):
             try:
-                out.append((f"line {n}", row["id"], float(row["proba"])))
+                out.append((f"line {n}", row[layout.key], float(row[layout.prediction])))
             except (TypeError, ValueError):
-                raise ResultFormatError(f"{path} line {n}, field 'proba': not a number: {row['proba']!r}") from None
+                raise ResultFormatError(
+                    f"{path} line {n}, field {layout.prediction!r}: not a number: {row[layout.prediction]!r}"
+                ) from None
         return out
-    if bench.name in ("pope", "dolly", "alpaca", "owleval", "llava-bench"):
+    if layout.form == "lines":
         values = []
         for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
@@ -99,25 +93,27 @@ def _rows(path: Path, bench: Benchmark) -> list[tuple[str, Any, Any]]:
             document = json.loads(text)
         except json.JSONDecodeError as error:
             raise ResultFormatError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
-        if isinstance(document, dict):  # A-OKVQA, MMLU, MM-Vet: {key: prediction}
+        if layout.form == "mapping":
+            if not isinstance(document, dict):
+                found = type(document).__name__
+                raise ResultFormatError(f"{path}: expected an object of predictions by id, found {found}")
             return [(f"key {k!r}", k, v) for k, v in document.items()]
         if not isinstance(document, list):
             raise ResultFormatError(f"{path}: expected a list of result objects, found {type(document).__name__}")
         values = [(f"row {n}", value) for n, value in enumerate(document)]
-    key_field, value_field = FIELDS.get(bench.name, DEFAULT_FIELDS)
     out = []
     for position, (where, value) in enumerate(values):
         if not isinstance(value, dict):
             raise ResultFormatError(f"{path} {where}: expected an object, got {value!r}")
-        if bench.name == "pope" and "question_id" not in value:
-            key = (LINE, position)  # POPE's own answer files pair answers with questions by line
-        elif key_field not in value:
-            raise ResultFormatError(f"{path} {where}, field {key_field!r}: missing ({bench.name} results)")
+        if layout.by_line and layout.key not in value:
+            key = (LINE, position)  # answers without ids pair with the questions by line
+        elif layout.key not in value:
+            raise ResultFormatError(f"{path} {where}, field {layout.key!r}: missing ({bench.name} results)")
         else:
-            key = value[key_field]
-        if value_field not in value:
-            raise ResultFormatError(f"{path} {where}, field {value_field!r}: missing ({bench.name} results)")
-        out.append((where, key, value[value_field]))
+            key = value[layout.key]
+        if layout.prediction not in value:
+            raise ResultFormatError(f"{path} {where}, field {layout.prediction!r}: missing ({bench.name} results)")
+        out.append((where, key, value[layout.prediction]))
     return out
 
 

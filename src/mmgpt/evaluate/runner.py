@@ -197,7 +197,7 @@ def _score(
 ):
     answered = [i for i in items if "prediction" in records.get(i.key, {})]
     predictions = {i.key: records[i.key]["prediction"] for i in answered}
-    result_file = folder.path / f"{bench.name}_results{'.csv' if bench.name == 'hatefulmemes' else '.json'}"
+    result_file = folder.path / bench.results.name(bench.name)
     if answered:
         bench.write(result_file, predictions, answered)
     folder.write_prompts([records[i.key] for i in items if i.key in records])

@@ -11,6 +11,7 @@ import pytest
 from mmgpt.evaluate.benchmarks import BENCHMARKS, benchmark
 from mmgpt.evaluate.benchmarks.aokvqa import AokvqaPrediction
 from mmgpt.evaluate.benchmarks.items import Item
+from mmgpt.evaluate.predictions import read_predictions
 from tests.evaluate.benchmarks import published
 
 NAMES = (
@@ -85,5 +86,7 @@ def test_read_score_and_write_through_the_registry(name: str, tmp_path: Path) ->
         result = entry.score(predictions, items)
         assert result.headline == 1.0, result.summary()
         assert isinstance(result.metric, str) and result.summary()
-    written = entry.write(tmp_path / "results" / name, predictions, items)
+    written = entry.write(tmp_path / "results" / entry.results.name(name), predictions, items)
     assert written.is_file() and written.stat().st_size > 0
+    back = read_predictions(written, entry, items)  # read as its entry's layout says: every item, by its key
+    assert list(back.predictions) == [item.key for item in items] and not back.missing and not back.duplicates
