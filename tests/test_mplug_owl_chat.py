@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,26 +24,14 @@ from mmgpt.generate import GenerationConfig, generate, stream
 from mmgpt.model.lora import apply_lora, lora_parameters, save_adapter
 from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.limits import ServeLimits
-from tests.model.mplug_owl_tiny import pixels_of, prompt_ids, tokenizer_model, write_tiny_release
+from tests.model import mplug_owl_fixtures
+from tests.model.mplug_owl_tiny import pixels_of, prompt_ids
 from tests.toy_prefix import greedy_by_recomputation, picture
+
+spm, release, loaded = mplug_owl_fixtures.spm, mplug_owl_fixtures.release, mplug_owl_fixtures.loaded  # shared fixtures
 
 GREEDY = GenerationConfig(max_new_tokens=8)
 QV_LORA = LoraConfig(r=8, alpha=32, dropout=0.05, self_attention_modules=["self_attn.q_proj", "self_attn.v_proj"])
-
-
-@pytest.fixture(scope="module")
-def spm() -> bytes:
-    return tokenizer_model()
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory, spm) -> Path:
-    return write_tiny_release(tmp_path_factory.mktemp("owl") / "mplug-owl-tiny", model=spm)
-
-
-@pytest.fixture(scope="module")
-def loaded(release):
-    return mmgpt.load(release, dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ Generation, chat and the API: tests/test_mplug_owl_chat.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
@@ -21,6 +19,7 @@ from mmgpt.model.checkpoints.mplug_owl_release import load_mplug_owl_lora
 from mmgpt.model.contract import CONNECTOR, EMBEDDINGS, LM_MLP, LM_OTHER, RESAMPLER, SELF_ATTENTION, VISION
 from mmgpt.model.lora import adapter_names, load_named_adapter, save_adapter, select_adapter
 from mmgpt.tokens import IMAGE_POSITION
+from tests.model import mplug_owl_fixtures
 from tests.model.mplug_owl_files import ABSTRACTOR, write_lora
 from tests.model.mplug_owl_tiny import (
     PER_IMAGE,
@@ -28,24 +27,10 @@ from tests.model.mplug_owl_tiny import (
     Reference,
     pixels_of,
     prompt_ids,
-    tokenizer_model,
     write_tiny_release,
 )
 
-
-@pytest.fixture(scope="module")
-def spm() -> bytes:
-    return tokenizer_model()
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory, spm) -> Path:
-    return write_tiny_release(tmp_path_factory.mktemp("owl") / "mplug-owl-tiny", model=spm)
-
-
-@pytest.fixture(scope="module")
-def loaded(release):
-    return mmgpt.load(release, dtype="float32")
+spm, release, loaded = mplug_owl_fixtures.spm, mplug_owl_fixtures.release, mplug_owl_fixtures.loaded  # shared fixtures
 
 
 @pytest.fixture(scope="module")
