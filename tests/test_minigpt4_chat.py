@@ -114,6 +114,18 @@ def test_each_row_of_a_left_padded_batch_stops_where_it_says_hashes(downloads):
     assert head.calls == 4  # the batch ends when its last row stops (step 3), not at max_new_tokens
 
 
+def test_a_chat_turn_ends_at_the_styles_hashes_without_being_told(downloads):
+    """ChatSession (terminal, web demo, API) adds the prompt style's stop strings itself: an answer that says
+    ``###`` ends there, with no ``stop_strings`` in the request."""
+    model, tokenizer = load_tiny(downloads)
+    ids = tokenizer.convert_tokens_to_ids
+    model.language_model.lm_head = ScriptedHead(
+        [[ids("▁The"), ids("▁image"), ids("▁###"), ids("▁red")]], len(tokenizer)
+    )
+    reply = ChatSession(ChatModel.wrap(model, tokenizer)).ask("Hi", config=GenerationConfig(max_new_tokens=6))
+    assert (reply.text, reply.finish_reason, reply.completion_tokens) == ("The image", "stop", 3)
+
+
 def test_batched_greedy_equals_each_row_alone_and_recomputation(loaded):
     model, tokenizer = loaded
     rows = [
