@@ -87,7 +87,7 @@ def flamingo(tmp_path_factory) -> ChatModel:
     return ChatModel.wrap(model, tokenizer)
 
 
-@pytest.mark.parametrize("prefill_chunk", [256, 5])
+@pytest.mark.parametrize("prefill_chunk", [1024, 256, 5])
 def test_concurrent_sessions_in_one_batch_answer_as_each_alone(flamingo, prefill_chunk):
     alone = [converse(flamingo, i) for i in range(len(SESSIONS))]
     scheduler = start_batching(flamingo, max_rows=8, prefill_chunk=prefill_chunk)
@@ -96,6 +96,9 @@ def test_concurrent_sessions_in_one_batch_answer_as_each_alone(flamingo, prefill
     finally:
         stop_batching(flamingo)
     assert batched == alone
+    # New conversations' prompts are prefilled in one forward as far as the chunk allows (rows x the longest prompt:
+    # 4 of these prompts need more than 256); prompts longer than a chunk are prefilled alone, in pieces.
+    assert scheduler.peak_prefill_rows == {1024: len(SESSIONS), 256: 2, 5: 1}[prefill_chunk]
     if prefill_chunk >= 256:  # prompts prefilled whole: every first turn joins the batch at once
         assert scheduler.peak_rows == len(SESSIONS)
 
@@ -164,21 +167,21 @@ def test_a_prefix_model_batches_through_the_contract():
     tokenizer = make_tokenizer()
     chat = ChatModel.wrap(make_toy(tokenizer), tokenizer)
     alone = [converse(chat, i, adapters=False) for i in range(len(SESSIONS))]
-    scheduler = start_batching(chat, max_rows=4)
+    scheduler = start_batching(chat, max_rows=4, prefill_chunk=4096)
     try:
         batched = run_concurrently(chat, list(range(len(SESSIONS))), adapters=False)
     finally:
         stop_batching(chat)
     assert batched == alone
-    assert scheduler.peak_rows >= 2
+    assert scheduler.peak_rows == scheduler.peak_prefill_rows == len(SESSIONS)  # image runs of different lengths
 
 
 class SlowSteps(ChatModel):
     """Decode steps that take a while: a long answer is still running when the test looks."""
 
-    def forward_rows(self, *args):
+    def forward_rows(self, *args, **kwargs):
         time.sleep(0.02)
-        return super().forward_rows(*args)
+        return super().forward_rows(*args, **kwargs)
 
 
 def test_a_turn_sent_before_its_cancelled_row_left_waits_for_its_cache(tmp_path):

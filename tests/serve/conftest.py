@@ -43,9 +43,9 @@ class EndlessChatModel(ChatModel):
         out.logits[..., self.tokenizer.eos_token_id] = float("-inf")
         return out
 
-    def forward_rows(self, adapters, input_ids, cache):
+    def forward_rows(self, adapters, input_ids, cache=None, **kwargs):
         time.sleep(0.01)
-        out = super().forward_rows(adapters, input_ids, cache)
+        out = super().forward_rows(adapters, input_ids, cache, **kwargs)
         out.logits[..., self.tokenizer.eos_token_id] = float("-inf")
         return out
 

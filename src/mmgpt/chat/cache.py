@@ -69,6 +69,11 @@ class ConversationCache:
         self.ids.extend(tokens[0].tolist())
         return out.logits[:, -1]
 
+    def prefilled(self, ids: Sequence[int], cache: ModelCache) -> None:
+        """The prompt ``ids`` ran elsewhere - in one forward with other conversations' (the scheduler's) - from
+        nothing cached (after :meth:`reuse` kept nothing), leaving ``cache``."""
+        self.cache, self.ids = cache, list(ids)
+
     def prefill(
         self, adapter: str | None, ids: Sequence[int], images: tuple[str, ...], media: Media | None
     ) -> tuple[torch.Tensor, int]:

@@ -91,12 +91,22 @@ class ChatModel:
             return self.model(input_ids.to(self.model.device), media=media, cache=cache, use_cache=True)
 
     @torch.no_grad()
-    def forward_rows(self, adapters: list[str | None], input_ids: torch.Tensor, cache: ModelCache) -> ModelOutput:
-        """One decode step of a batch (the scheduler's): input_ids [b, 1] continuing ``cache`` (b rows), row i with
-        adapter ``adapters[i]`` -> logits [b, 1, V] and the new cache."""
+    def forward_rows(
+        self,
+        adapters: list[str | None],
+        input_ids: torch.Tensor,
+        cache: ModelCache | None = None,
+        *,
+        media: Media | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """One call for a batch whose row i has adapter ``adapters[i]`` (the scheduler's): a decode step, input_ids
+        [b, 1] continuing ``cache``; or new prompts [b, T], left-padded as ``attention_mask`` says, with ``media``
+        -> logits [b, T, V] and the new cache."""
         input_ids = input_ids.to(self.model.device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
         with self.lock, row_adapters(self.model, adapters):
-            return self.model(input_ids, attention_mask=torch.ones_like(input_ids), cache=cache, use_cache=True)
+            return self.model(input_ids, media=media, attention_mask=mask, cache=cache, use_cache=True)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [3, H, W] -> the image's features [n, d]. Outside the lock (encoders carry no adapter); with

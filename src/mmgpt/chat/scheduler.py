@@ -1,19 +1,20 @@
 """Continuous batching: every chat turn that runs at the same time decodes in one forward per step.
 
-One thread owns the model. A turn (:class:`Job`: a session's prompt, its conversation cache, its adapter and
-sampling settings) is prefilled alone - reusing its session's cache, in chunks of ``prefill_chunk`` tokens
-interleaved with the running batch's steps, so a long prompt does not stall the others - then joins the batch at a
-step boundary (``ModelCache.merge``: rows of different lengths, left-padded and masked; every turn prefilled since
-the last step joins in one merge). Each step feeds every row's last token in one forward, each row with its own
-adapter (``lora.row_adapters``), and chooses each row's token exactly as it would alone: greedy rows by one argmax
-over the batch, sampling rows with their own settings and seeded generator (``generate.next_tokens``). A row leaves
-when it stops (stop id, stop string, ``max_new_tokens``, or its client gone) and hands its cache back to its session
-(``ModelCache.row``), so the next turn of that conversation reuses it; the last row takes its place in the batch
-(one row's copy, not the batch's). Memory is bounded by ``max_rows`` and by ``max_tokens`` (rows x the batch's
-cached length); turns beyond wait. Each turn's time to its first token is measured from its submission
-(``Outcome.seconds_to_first_token``). The model's other work - encoding a new turn's images - runs on the same
-thread between two steps (:meth:`Scheduler.call`): one thread computes, so on a CPU the encoder and the batch do
-not fight over the cores (measured in bench/serve.py: less time to first token, more tokens/s).
+One thread owns the model. A turn (:class:`Job`: a session's prompt, its conversation cache, its adapter and sampling
+settings) is prefilled - reusing its session's cache, in chunks of ``prefill_chunk`` tokens interleaved with the running
+batch's steps, so a long prompt does not stall the others; new conversations whose prompts fit in a chunk together (rows
+x the longest) are prefilled in one left-padded forward, which pays a forward's fixed cost once - then joins the batch
+at a step boundary (``ModelCache.merge``: rows of different lengths, left-padded and masked; every turn prefilled since
+the last step joins in one merge). Each step feeds every row's last token in one forward, each row with its own adapter
+(``lora.row_adapters``), and chooses each row's token exactly as it would alone: greedy rows by one argmax over the
+batch, sampling rows with their own settings and seeded generator (``generate.next_tokens``). A row leaves when it stops
+(stop id, stop string, ``max_new_tokens``, or its client gone) and hands its cache back to its session
+(``ModelCache.row``), so the next turn of that conversation reuses it; the last row takes its place in the batch (one
+row's copy, not the batch's). Memory is bounded by ``max_rows`` and by ``max_tokens`` (rows x the batch's cached
+length); turns beyond wait. Each turn's time to its first token is measured from its submission
+(``Outcome.seconds_to_first_token``). The model's other work - encoding a new turn's images - runs on the same thread
+between two steps (:meth:`Scheduler.call`): one thread computes, so on a CPU the encoder and the batch do not fight over
+the cores (measured in bench/serve.py: less time to first token, more tokens/s).
 
 Legend: b rows in the batch, S cached positions, V vocabulary.
 """
@@ -30,71 +31,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from mmgpt.chat.cache import ConversationCache
+from mmgpt.chat.job import Job, Outcome, Row, choose
 from mmgpt.chat.model import ChatModel
-from mmgpt.detokenize import RowText
-from mmgpt.generate import (
-    FinishReason,
-    GenerationConfig,
-    make_generator,
-    next_tokens,
-    stop_ids_of,
-    suppressed_ids,
-    take_token,
-)
+from mmgpt.generate import FinishReason, take_token
 from mmgpt.model.cache import Media, ModelCache
 
 T = TypeVar("T")
-
-
-@dataclass
-class Outcome:
-    finish: FinishReason
-    completion_tokens: int
-    reused_tokens: int
-    seconds_to_first_token: float | None
-
-
-@dataclass
-class Job:
-    """One turn to generate: the prompt ``ids`` (with the conversation's image keys and their media) continuing
-    ``cache`` - the session's, which the job owns until it ends."""
-
-    cache: ConversationCache
-    adapter: str | None
-    ids: list[int]
-    images: tuple[str, ...]
-    media: Media | None
-    config: GenerationConfig
-    events: queue.Queue = field(default_factory=queue.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
-
-
-@dataclass
-class _Row:
-    job: Job
-    text: RowText
-    stop_ids: set[int]
-    suppress: torch.Tensor
-    generator: torch.Generator | None
-    reused: int
-    first_token: float | None = None
-    generated: list[int] = field(default_factory=list)
-    next_token: int = -1
-
-    @property
-    def greedy(self) -> bool:
-        """Chosen by one argmax over the batch: no sampling, no penalty that depends on the row's ids."""
-        config = self.job.config
-        return config.temperature == 0 and config.repetition_penalty == 1.0
-
-    def seen(self, device: torch.device) -> torch.Tensor | None:
-        """[1, S] the ids so far (prompt and answer) for the repetition penalty; None without one (a sampling row's
-        step then builds no tensor of its whole history)."""
-        if self.job.config.repetition_penalty == 1.0:
-            return None
-        return torch.tensor([self.job.ids + self.generated], device=device)
 
 
 @dataclass
@@ -132,11 +74,13 @@ class Scheduler:
         self._inbox: queue.Queue[Job | _Call | str | None] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._prefill: tuple[Job, int, int] | None = None  # (job, next prompt position, reused)
-        self._rows: list[_Row] = []  # row i of the batch
-        self._joining: list[_Row] = []  # prefilled, joining the batch at the next step (all in one merge)
+        self._together: list[Job] = []  # new conversations being prefilled in one forward
+        self._rows: list[Row] = []  # row i of the batch
+        self._joining: list[Row] = []  # prefilled, joining the batch at the next step (all in one merge)
         self._batch: ModelCache | None = None
         self.steps = 0  # decode steps run, and the most rows one of them ran (what batching achieved)
         self.peak_rows = 0
+        self.peak_prefill_rows = 1  # the most prompts prefilled in one forward
         self._open = threading.Event()  # cleared: jobs queue up, nothing runs (pause / resume)
         self._open.set()
         self._thread = threading.Thread(target=self._loop, name="mmgpt-scheduler", daemon=True)
@@ -234,7 +178,9 @@ class Scheduler:
                 with torch.no_grad():
                     budget = self.prefill_chunk  # prompt tokens prefilled between two decode steps
                     while budget > 0:
-                        self._admit()
+                        if together := self._admit(budget):
+                            budget -= self._prefill_together(together)
+                            continue
                         if self._prefill is None:
                             break
                         budget -= self._prefill_chunk(budget)
@@ -244,29 +190,73 @@ class Scheduler:
             except Exception as error:
                 self._fail(error)
 
-    def _admit(self) -> None:
-        """Start prefilling the first waiting job that can run, when the batch has room for it. A job whose session
-        cache is still held by a running row (its previous turn, cancelled, leaves at the next step) waits for it;
-        jobs behind it may go first."""
+    def _admit(self, budget: int) -> list[Job]:
+        """Start the first waiting job that can run, when the batch has room for it. A job whose session cache is
+        still held by a running row (its previous turn, cancelled, leaves at the next step) waits for it; jobs
+        behind it may go first. New conversations (nothing cached) whose prompts fit in ``budget`` together -
+        rows x the longest prompt - are returned to be prefilled in one forward (when there are two or more);
+        otherwise the job starts prefilling alone, in chunks."""
         if self._prefill is not None:
-            return
+            return []
         busy = {id(row.job.cache) for row in self._rows + self._joining}
         rows = len(self._rows) + len(self._joining)
+        length = max(
+            [self._batch.length if self._batch is not None else 0, *(len(r.job.cache.ids) for r in self._joining)]
+        )
+        chosen: list[Job] = []
         for job in list(self._waiting):
             if job.cancelled.is_set():
                 self._waiting.remove(job)
                 job.events.put(("end", Outcome("cancelled", 0, 0, None)))
                 continue
-            if id(job.cache) in busy:
+            if id(job.cache) in busy | {id(c.cache) for c in chosen}:
                 continue
-            length = max([len(job.ids), self._batch.length if self._batch is not None else 0])
-            length = max([length, *(len(row.job.cache.ids) for row in self._joining)])
-            if rows and (rows >= self.max_rows or (rows + 1) * length > self.max_tokens):
-                return
+            longest = max(length, len(job.ids))
+            if rows + len(chosen) and (
+                rows + len(chosen) >= self.max_rows or (rows + len(chosen) + 1) * longest > self.max_tokens
+            ):
+                break
+            fresh = job.cache.cache is None
+            if chosen and not (
+                fresh and (len(chosen) + 1) * max(len(job.ids), *(len(c.ids) for c in chosen)) <= budget
+            ):
+                continue
+            chosen.append(job)
+            length = longest
+            if not (fresh and len(job.ids) <= budget):
+                break  # a conversation going on, or a long prompt: prefilled alone
+        for job in chosen:
             self._waiting.remove(job)
+        if len(chosen) > 1:
+            return chosen
+        if chosen:
+            job = chosen[0]
             reused = job.cache.reuse(job.adapter, job.ids, job.images, job.media)
             self._prefill = (job, reused, reused)
-            return
+        return []
+
+    def _prefill_together(self, jobs: list[Job]) -> int:
+        """Prefill the prompts of several new conversations in one forward - left-padded, each row with its own
+        images and adapter - so the cost every forward has is paid once; each row then starts as alone. Returns
+        the positions run (rows x the longest prompt)."""
+        self._together = jobs
+        longest = max(len(job.ids) for job in jobs)
+        pad = self.chat_model.model.special.pad
+        ids = torch.tensor([[pad] * (longest - len(job.ids)) + job.ids for job in jobs])
+        mask = torch.tensor([[0] * (longest - len(job.ids)) + [1] * len(job.ids) for job in jobs])
+        for job in jobs:
+            job.cache.reuse(job.adapter, job.ids, job.images, job.media)  # a new conversation: nothing to reuse
+        present = [job.media for job in jobs if job.media is not None]
+        media = Media.merge([job.media for job in jobs], [1] * len(jobs), like=present[0]) if present else None
+        out = self.chat_model.forward_rows([job.adapter for job in jobs], ids, media=media, attention_mask=mask)
+        for i, job in enumerate(jobs):
+            job.cache.prefilled(job.ids, out.cache.row(i))
+        self._together = []
+        self.peak_prefill_rows = max(self.peak_prefill_rows, len(jobs))
+        logits = out.logits[:, -1].float()
+        for i, job in enumerate(jobs):
+            self._start_row(job, logits[i : i + 1], reused=0)
+        return len(jobs) * longest
 
     def _prefill_chunk(self, budget: int) -> int:
         """Prefill up to ``budget`` more prompt tokens of the job being prefilled; returns how many ran. A job
@@ -278,23 +268,18 @@ class Scheduler:
             self._prefill = (job, end, reused)
             return end - start
         self._prefill = None
-        model = self.chat_model.model
-        stop_ids = stop_ids_of(self.chat_model.tokenizer, job.config)
-        row = _Row(
-            job=job,
-            text=RowText(self.chat_model.tokenizer, job.config.stop_strings),
-            stop_ids=stop_ids,
-            suppress=torch.tensor(suppressed_ids(model, stop_ids), dtype=torch.long, device=logits.device),
-            generator=make_generator(job.config, logits.device),
-            reused=reused,
-        )
-        logits = logits.float()
-        finish = self._take(row, self._choose([row], logits)[0])
+        self._start_row(job, logits.float(), reused)
+        return end - start
+
+    def _start_row(self, job: Job, logits: torch.Tensor, reused: int) -> None:
+        """The job's prompt has run (``logits`` [1, V] of its last token): choose its first token; it joins the
+        batch at the next step, or ends here."""
+        row = Row.of(job, self.chat_model, reused, device=logits.device)
+        finish = self._take(row, choose([row], logits)[0])
         if finish is not None:
             self._end(row, finish)  # done at its first token: the session's cache is already its own
         else:
             self._joining.append(row)
-        return end - start
 
     def _join(self) -> None:
         """The rows prefilled since the last step join the batch, all in one merge (one copy of the batch)."""
@@ -314,7 +299,7 @@ class Scheduler:
         self._batch = out.cache
         self.steps += 1
         self.peak_rows = max(self.peak_rows, len(rows))
-        chosen = self._choose(rows, out.logits[:, -1].float())
+        chosen = choose(rows, out.logits[:, -1].float())
         leaving = []
         for i, row in enumerate(rows):
             row.job.cache.ids.append(row.next_token)
@@ -334,20 +319,7 @@ class Scheduler:
         self._batch, order = self._batch.without_rows(leaving)
         self._rows = [self._rows[i] for i in order]
 
-    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
-        """Each row's next token from logits [b, V] (float32), chosen exactly as the row alone would choose it:
-        greedy rows by one argmax over them all, the others with their own settings and seeded generator."""
-        for i, row in enumerate(rows):
-            if row.suppress.numel():
-                logits[i, row.suppress] = float("-inf")
-        chosen = logits.argmax(dim=-1).tolist()
-        for i, row in enumerate(rows):
-            if not row.greedy:
-                seen = row.seen(logits.device)
-                chosen[i] = int(next_tokens(logits[i : i + 1], seen, row.job.config, row.generator)[0])
-        return chosen
-
-    def _take(self, row: _Row, token: int) -> FinishReason | None:
+    def _take(self, row: Row, token: int) -> FinishReason | None:
         """The row's next token is ``token``: send what became final; why the row stops, or None when it goes on
         (its token then runs at the next step)."""
         if row.first_token is None:
@@ -358,7 +330,7 @@ class Scheduler:
         row.next_token = token
         return finish
 
-    def _end(self, row: _Row, finish: FinishReason) -> None:
+    def _end(self, row: Row, finish: FinishReason) -> None:
         if rest := row.text.remainder():
             row.job.events.put(("delta", rest))
         row.job.events.put(("end", Outcome(finish, len(row.generated), row.reused, row.first_token)))
@@ -379,7 +351,8 @@ class Scheduler:
 
     def _fail(self, error: Exception) -> None:
         jobs = [row.job for row in self._rows + self._joining] + ([self._prefill[0]] if self._prefill else [])
-        self._rows, self._joining, self._batch, self._prefill = [], [], None, None
+        jobs += self._together
+        self._rows, self._joining, self._batch, self._prefill, self._together = [], [], None, None, []
         for job in jobs:
             job.cache.clear()
             job.events.put(("error", error))

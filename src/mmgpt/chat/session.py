@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from mmgpt.chat.cache import ConversationCache
+from mmgpt.chat.job import Job
 from mmgpt.chat.model import ChatModel
-from mmgpt.chat.scheduler import Job
 from mmgpt.data.conversation import Conversation, ImageRef, Message
 from mmgpt.data.styles import get_style
 from mmgpt.data.tokenize import SampleDropped, tokenize_prompt
