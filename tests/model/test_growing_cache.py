@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from mmgpt.model.cache import GrowingCache, GrowingLayer, ModelCache
+from mmgpt.model.cache import GrowingCache, ModelCache
 from tests.model.conftest import tiny_model
 
 
@@ -17,18 +17,22 @@ def states(rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 def test_appends_equal_concatenation_and_copy_only_when_the_room_is_used_up():
     growing, dynamic = GrowingCache(), DynamicCache()
-    pieces = [5, *[1] * (2 * GrowingLayer.ROOM)]  # a prefill, then one position a step past two rooms
-    buffers = set()
+    pieces = [5, *[1] * 300]  # a prefill, then one position a step
+    buffers = []
     for step, length in enumerate(pieces):
         keys, values = states(3, length, seed=step)
         got = growing.update(keys, values, 0)
         want = dynamic.update(keys, values, 0)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-        buffers.add(growing.layers[0].key_buffer.data_ptr())
-    total = sum(pieces)
-    assert growing.get_seq_length() == total == 5 + 2 * GrowingLayer.ROOM
-    assert len(buffers) == 3  # 5 -> room for 128, grown at 128 and at 256: three buffers for 261 positions
-    assert growing.layers[0].key_buffer.shape[2] == GrowingLayer.capacity(total) == 3 * GrowingLayer.ROOM
+        buffer = growing.layers[0].key_buffer
+        if not buffers or buffer.data_ptr() != buffers[-1][0]:
+            buffers.append((buffer.data_ptr(), buffer.shape[2], growing.get_seq_length()))
+    assert growing.get_seq_length() == sum(pieces) == 305
+    # (capacity, positions held once it was made): 5 + 16, 22 + 16, 39 + 16, ..., 257 + 257 // 8, 290 + 290 // 8
+    sizes = [(capacity, held) for _, capacity, held in buffers]
+    assert sizes[:3] == [(21, 5), (38, 22), (55, 39)] and sizes[-2:] == [(289, 257), (326, 290)]
+    assert all(capacity == held + max(16, held // 8) for capacity, held in sizes)
+    assert len(buffers) == 15  # 15 buffers for 305 positions, where concatenating copies at every one of 301 steps
 
 
 def test_a_crop_of_a_cache_writes_into_memory_of_its_own():

@@ -18,15 +18,17 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 class GrowingLayer(DynamicLayer):
     """One layer's self-attention KV cache that appends in place: ``keys``/``values`` [b, h, S, d] are views of
-    buffers with room for ``ROOM`` more positions, so a decode step writes its one position instead of copying the
-    whole cache (transformers' DynamicLayer concatenates: with 8 rows of 200 positions that copy was most of a step
-    on a CPU). When the room is used up the buffer grows by another ``ROOM`` (one copy per ``ROOM`` steps).
+    buffers with room for more positions - an eighth of those in use, at least ``MIN_ROOM`` - so a decode step writes
+    its one position instead of copying the whole cache (transformers' DynamicLayer concatenates: with 8 rows of 200
+    positions that copy was most of a step on a CPU). When the room is used up the buffer grows the same way: one
+    copy of the cache per S/8 steps (about 8 positions copied a step, where concatenating copies all S), and never
+    more than an eighth (or ``MIN_ROOM``) of memory unused.
 
     Setting ``keys``/``values`` to other tensors (a selection of rows, a crop, another cache's views) is honoured:
     the next update copies them into a buffer of this layer's own, so a cache never writes into memory another
     holds. A view of its own buffer's first rows (``ModelCache.without_rows``) keeps appending in place."""
 
-    ROOM = 128
+    MIN_ROOM = 16
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,8 +47,8 @@ class GrowingLayer(DynamicLayer):
 
     @classmethod
     def capacity(cls, length: int) -> int:
-        """Positions to allocate for ``length`` in use: the next multiple of ``ROOM`` above it."""
-        return (length // cls.ROOM + 1) * cls.ROOM
+        """Positions to allocate for ``length`` in use: an eighth more, at least ``MIN_ROOM`` more."""
+        return length + max(cls.MIN_ROOM, length // 8)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
