@@ -17,6 +17,7 @@ from typing import TypeVar
 import pytest
 
 from mmgpt.chat import ChatModel, ChatSession, start_batching, stop_batching
+from mmgpt.chat import scheduler as scheduler_module
 from mmgpt.generate import GenerationConfig
 from tests.test_chat import from_scratch, model_with_adapters, picture
 from tests.toy_prefix import make_tokenizer, make_toy
@@ -228,6 +229,82 @@ def test_stopping_the_scheduler_ends_the_turns_still_running(tmp_path):
         list(stream)
     assert session.last.finish_reason == "cancelled"
     assert session.ask("hello", config=GenerationConfig(max_new_tokens=3)).finish_reason in ("stop", "length")
+
+
+def submitted_together(scheduler, sessions: list, config: GenerationConfig) -> list[str]:
+    """Each session asks in its own thread, all arriving before the scheduler looks; each one's answer or error
+    text, in order - None for a thread still waiting after 30 s (a turn nobody answered)."""
+    outcomes: list[str | None] = [None] * len(sessions)
+
+    def ask(i: int) -> None:
+        try:
+            outcomes[i] = sessions[i].ask(f"what color is the circle {i}?", config=config).text
+        except RuntimeError as error:
+            outcomes[i] = f"error: {error}"
+
+    scheduler.pause()
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(len(sessions))]
+    for n, thread in enumerate(threads, start=1):
+        thread.start()
+        while scheduler.queued() < n:  # in this order
+            time.sleep(0.005)
+    scheduler.resume()
+    for thread in threads:
+        thread.join(timeout=30)
+    return outcomes
+
+
+@pytest.mark.parametrize("prefill_chunk", [4096, 5])
+def test_a_failure_while_starting_rows_ends_each_of_them_with_the_error(prefill_chunk, monkeypatch):
+    """Prompts prefilled together (4096) or one by one (5): starting the second turn's row fails - it, the turns
+    started with it and the rows in the batch end with the error; none is left waiting."""
+    tokenizer = make_tokenizer()
+    chat = ChatModel.wrap(make_toy(tokenizer), tokenizer)
+    starts = []
+
+    def failing(*args, **kwargs):
+        starts.append(1)
+        if len(starts) == 2:
+            raise RuntimeError("starting the second row failed")
+        return real(*args, **kwargs)
+
+    real = scheduler_module.Row.of
+    monkeypatch.setattr(scheduler_module.Row, "of", failing)
+    scheduler = start_batching(chat, max_rows=4, prefill_chunk=prefill_chunk)
+    try:
+        sessions = [ChatSession(chat) for _ in range(3)]  # long answers: the first is still running
+        outcomes = submitted_together(scheduler, sessions, GenerationConfig(max_new_tokens=40))
+    finally:
+        stop_batching(chat)
+    assert None not in outcomes  # nobody waits forever
+    failed = [o for o in outcomes if o.startswith("error: starting the second row failed")]
+    # Together, all three end; one by one, the first (in the batch) and the second, while the third starts later.
+    assert len(failed) == (3 if prefill_chunk == 4096 else 2)
+
+
+def test_turns_start_in_the_order_they_came(monkeypatch):
+    """A new conversation never takes a row ahead of a conversation going on that came before it: with one row
+    free, [A new, B second turn, C new] start A, B, C."""
+    tokenizer = make_tokenizer()
+    chat = ChatModel.wrap(make_toy(tokenizer), tokenizer)
+    a, b, c = (ChatSession(chat) for _ in range(3))
+    names = {id(a._cache): "A", id(b._cache): "B", id(c._cache): "C"}
+    started = []
+    real = scheduler_module.Scheduler._start_row
+
+    def logged(self, job, logits, reused):
+        started.append(names[id(job.cache)])
+        return real(self, job, logits, reused)
+
+    monkeypatch.setattr(scheduler_module.Scheduler, "_start_row", logged)
+    scheduler = start_batching(chat, max_rows=2, prefill_chunk=4096)
+    try:
+        b.ask("hello", config=GenerationConfig(max_new_tokens=2))
+        started.clear()
+        outcomes = submitted_together(scheduler, [a, b, c], GenerationConfig(max_new_tokens=6))
+    finally:
+        stop_batching(chat)
+    assert None not in outcomes and started == ["A", "B", "C"]
 
 
 def test_with_batching_on_a_cpu_every_tensor_operation_runs_on_the_scheduler_thread(flamingo, monkeypatch):

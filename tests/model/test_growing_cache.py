@@ -36,15 +36,18 @@ def test_appends_equal_concatenation_and_copy_only_when_the_room_is_used_up():
 
 
 def test_a_crop_of_a_cache_writes_into_memory_of_its_own():
-    first = GrowingCache()
-    first.update(*states(1, 10, seed=0), 0)
-    kept = first.layers[0].keys.clone()
-    cropped = GrowingCache()
-    cropped.update(first.layers[0].keys[:, :, :6], first.layers[0].values[:, :, :6], 0)  # as ModelCache.crop
-    cropped.update(*states(1, 4, seed=1), 0)  # writes positions 6-9 of the crop: not the first cache's
-    assert torch.equal(first.layers[0].keys, kept)
-    first.update(*states(1, 1, seed=2), 0)
-    assert torch.equal(cropped.layers[0].keys[:, :, 6:], states(1, 4, seed=1)[0])
+    model, tokenizer = tiny_model("llama", "previous")
+    ids = torch.tensor([tokenizer("a red circle above a blue square").input_ids])
+    one = torch.ones(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        whole = model(ids, use_cache=True).cache
+        kept = whole.kv.layers[0].keys.clone()
+        cropped = whole.crop(4, placeholders_seen=torch.tensor([0]), media=None)  # a conversation that changed
+        on_crop = model(torch.tensor([[7]]), attention_mask=one, cache=cropped, use_cache=True).cache
+        assert torch.equal(whole.kv.layers[0].keys, kept)  # the crop's new position 4 went to its own buffer
+        on_whole = model(torch.tensor([[9]]), attention_mask=one, cache=whole, use_cache=True).cache
+    assert torch.equal(on_crop.kv.layers[0].keys[:, :, :4], kept[:, :, :4])
+    assert not torch.equal(on_crop.kv.layers[0].keys[:, :, 4], on_whole.kv.layers[0].keys[:, :, 4])
 
 
 def test_keys_set_from_outside_are_copied_before_the_next_append():
@@ -87,9 +90,24 @@ def test_a_row_leaving_the_batch_is_parked_at_its_exact_size_in_memory_of_its_ow
         texts = ("a red circle", "a", "a blue square above")
         caches = [model(torch.tensor([tokenizer(text).input_ids]), use_cache=True).cache for text in texts]
         merged = ModelCache.merge(caches)
-        parked = merged.row(0)
-        kept = parked.kv.layers[0].keys.clone()
-        merged.without_rows([1])  # the last row moves into slot 1, in place
+        parked = merged.row(1)  # as the scheduler does: the leaving row goes back to its session, then leaves
+        merged.without_rows([1])  # the last row moves into slot 1 of the batch's buffers, in place
     layer = parked.kv.layers[0]
-    assert layer.key_buffer.shape[2] == parked.length == caches[0].length
-    assert torch.equal(layer.keys, kept) and torch.equal(layer.keys, caches[0].kv.layers[0].keys)
+    assert layer.key_buffer.shape[2] == parked.length == caches[1].length
+    assert torch.equal(layer.keys, caches[1].kv.layers[0].keys)
+
+
+def test_a_batch_most_of_whose_rows_left_gives_their_memory_back():
+    model, _ = tiny_model("llama", "previous")
+    ids = torch.randint(5, 250, (8, 12), generator=torch.Generator().manual_seed(0))  # 8 different rows
+    with torch.no_grad():
+        batch = model(ids, use_cache=True).cache
+        buffer = batch.kv.layers[0].key_buffer
+        row_4 = batch.kv.layers[0].keys[4:5].clone()
+        three_left, _ = batch.without_rows([0, 3, 5])  # 5 of 8 rows in use: a view of the same buffers
+        assert three_left.kv.layers[0].key_buffer.data_ptr() == buffer.data_ptr()
+        one_left, order = three_left.without_rows([0, 1, 2, 3])  # 1 of 8: copied into buffers of its size
+        assert order == [4] and one_left.kv.layers[0].key_buffer.shape[0] == 1
+        assert torch.equal(one_left.kv.layers[0].keys, row_4)
+        out = model(ids[:1, :1], attention_mask=torch.ones(1, 1, dtype=torch.long), cache=one_left, use_cache=True)
+    assert out.cache.kv.get_seq_length() == ids.shape[1] + 1

@@ -210,7 +210,7 @@ class Scheduler:
                 job.events.put(("end", Outcome("cancelled", 0, 0, None)))
                 continue
             if id(job.cache) in busy | {id(c.cache) for c in chosen}:
-                continue
+                continue  # its previous turn's row has not left yet
             longest = max(length, len(job.ids))
             if rows + len(chosen) and (
                 rows + len(chosen) >= self.max_rows or (rows + len(chosen) + 1) * longest > self.max_tokens
@@ -220,7 +220,7 @@ class Scheduler:
             if chosen and not (
                 fresh and (len(chosen) + 1) * max(len(job.ids), *(len(c.ids) for c in chosen)) <= budget
             ):
-                continue
+                break  # first come, first served: the group ends at a turn that cannot join it
             chosen.append(job)
             length = longest
             if not (fresh and len(job.ids) <= budget):
@@ -231,6 +231,7 @@ class Scheduler:
             return chosen
         if chosen:
             job = chosen[0]
+            self._prefill = (job, 0, 0)  # held before anything can fail: a failure then ends it with an error
             reused = job.cache.reuse(job.adapter, job.ids, job.images, job.media)
             self._prefill = (job, reused, reused)
         return []
@@ -239,7 +240,7 @@ class Scheduler:
         """Prefill the prompts of several new conversations in one forward - left-padded, each row with its own
         images and adapter - so the cost every forward has is paid once; each row then starts as alone. Returns
         the positions run (rows x the longest prompt)."""
-        self._together = jobs
+        self._together = list(jobs)  # each held until it has started: a failure ends those left with an error
         longest = max(len(job.ids) for job in jobs)
         pad = self.chat_model.model.special.pad
         ids = torch.tensor([[pad] * (longest - len(job.ids)) + job.ids for job in jobs])
@@ -251,11 +252,11 @@ class Scheduler:
         out = self.chat_model.forward_rows([job.adapter for job in jobs], ids, media=media, attention_mask=mask)
         for i, job in enumerate(jobs):
             job.cache.prefilled(job.ids, out.cache.row(i))
-        self._together = []
         self.peak_prefill_rows = max(self.peak_prefill_rows, len(jobs))
         logits = out.logits[:, -1].float()
         for i, job in enumerate(jobs):
             self._start_row(job, logits[i : i + 1], reused=0)
+            self._together.remove(job)
         return len(jobs) * longest
 
     def _prefill_chunk(self, budget: int) -> int:
@@ -267,8 +268,8 @@ class Scheduler:
         if end < len(job.ids):
             self._prefill = (job, end, reused)
             return end - start
-        self._prefill = None
         self._start_row(job, logits.float(), reused)
+        self._prefill = None  # only now: had starting failed, the job would still be held, and ended with an error
         return end - start
 
     def _start_row(self, job: Job, logits: torch.Tensor, reused: int) -> None:

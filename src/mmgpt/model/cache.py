@@ -21,8 +21,8 @@ class GrowingLayer(DynamicLayer):
     buffers with room for more positions - an eighth of those in use, at least ``MIN_ROOM`` - so a decode step writes
     its one position instead of copying the whole cache (transformers' DynamicLayer concatenates: with 8 rows of 200
     positions that copy was most of a step on a CPU). When the room is used up the buffer grows the same way: one
-    copy of the cache per S/8 steps (about 8 positions copied a step, where concatenating copies all S), and never
-    more than an eighth (or ``MIN_ROOM``) of memory unused.
+    copy of the cache per S/8 steps (about 8 positions copied a step, where concatenating copies all S). Unused: at
+    most an eighth of the positions (or ``MIN_ROOM``), and - after rows leave a batch - fewer than half the rows.
 
     Setting ``keys``/``values`` to other tensors (a selection of rows, a crop, another cache's views) is honoured:
     the next update copies them into a buffer of this layer's own, so a cache never writes into memory another
@@ -34,6 +34,13 @@ class GrowingLayer(DynamicLayer):
         super().__init__()
         self.key_buffer: torch.Tensor | None = None
         self.value_buffer: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None) -> None:
+        """Set up from the first states (what transformers' layers record; its signature varies by version)."""
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_empty(0)
+        self.values = (value_states if value_states is not None else key_states).new_empty(0)
+        self.is_initialized = True
 
     @classmethod
     def holding(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> GrowingLayer:
@@ -207,8 +214,9 @@ class ModelCache:
 
     def without_rows(self, leaving: Sequence[int]) -> tuple[ModelCache, list[int]]:
         """The batch without rows ``leaving`` (continuous batching), copying no other row but the ones that move:
-        each freed slot below the new size takes a row from the end (its keys/values copied in place: the batch
-        owns them, every step makes them anew), then the batch is cut short (a view). Also returns, for each new
+        each freed slot below the new size takes a row from the end (its keys/values copied in place: the batch owns
+        them), then the batch is cut short - a view of its buffers while it uses more than half their rows, else a
+        copy into buffers of its size (memory held for rows that left is given back). Also returns, for each new
         row, the old row it is."""
         n = self.rows - len(leaving)
         gone = set(leaving)
@@ -224,9 +232,13 @@ class ModelCache:
                 layer.keys[slot] = layer.keys[row]
                 layer.values[slot] = layer.values[row]
             layer.keys, layer.values = layer.keys[:n], layer.values[:n]
+        kv = self.kv
+        held = getattr(kv.layers[0], "key_buffer", None) if kv.layers else None
+        if held is not None and 2 * n <= held.shape[0]:
+            kv = copy_kv(kv, lambda t: t)
         index = torch.tensor(order, device=self.attention_mask.device)
         media = self.media.select(index) if self.media is not None else None
-        kept = ModelCache(self.kv, media, self.placeholders_seen[index], self.attention_mask[index])
+        kept = ModelCache(kv, media, self.placeholders_seen[index], self.attention_mask[index])
         return kept.trim(), order
 
     @staticmethod
