@@ -40,7 +40,7 @@ from mmgpt.data.tokenize import tokenize_prompt
 from mmgpt.generate import GenerationConfig, generate
 from mmgpt.model.build import build_model
 from mmgpt.tokens import train_tokenizer
-from sizes import SMALL_LLAMA  # bench/ is on sys.path when a benchmark runs
+from sizes import LLAMA_SIZES, VISION_LAYERS  # bench/ is on sys.path when a benchmark runs
 
 QUESTIONS = [
     ("Describe the image in detail, please.", 1),
@@ -54,15 +54,18 @@ QUESTIONS = [
 ]
 
 
-def build_chat_model(media_mask: str) -> ChatModel:
+def build_chat_model(media_mask: str, size: str = "small") -> ChatModel:
+    """The benchmark model (random weights, gates half open), of ``size`` (bench/sizes.py)."""
     torch.manual_seed(0)
     corpus = [*template_texts(), *[q for q, _ in QUESTIONS]] * 4
     tokenizer = train_tokenizer(corpus, vocab_size=1000)
     cfg = ModelConfig(
-        vision=VisionConfig(image_size=224, patch_size=14, width=1024, layers=1, heads=16, mlp_dim=4096),
+        vision=VisionConfig(
+            image_size=224, patch_size=14, width=1024, layers=VISION_LAYERS[size], heads=16, mlp_dim=4096
+        ),
         perceiver=PerceiverConfig(depth=2, num_latents=64),
         cross_attention=CrossAttentionConfig(every_n_layers=4, media_mask=media_mask),
-        lm=LanguageModelConfig(hf_config={**SMALL_LLAMA, "vocab_size": len(tokenizer)}),
+        lm=LanguageModelConfig(hf_config={**LLAMA_SIZES[size], "vocab_size": len(tokenizer)}),
     )
     model, tokenizer = build_model(cfg, tokenizer=tokenizer)
     with torch.no_grad():

@@ -18,6 +18,7 @@ be the same in both variants and every round (greedy and seeded).
 Prints the runs, a table of medians over rounds with the per-pair ratios, and - as the last line - one JSON object.
 
     python bench/serve.py [--clients 1,2,4,8,16] [--requests 3] [--max-tokens 32] [--rounds 3]
+    python bench/serve.py --size 7b --device cuda --dtype bfloat16   # on a GPU: LLaMA-7B's and CLIP-L's shapes
 """
 
 from __future__ import annotations
@@ -53,12 +54,13 @@ def free_port() -> int:
 class Server:
     """``mmgpt serve`` in a process of its own; its log (one line per request) goes to a file."""
 
-    def __init__(self, model: Path, variant: str, folder: Path) -> None:
+    def __init__(self, model: Path, variant: str, folder: Path, *, device: str = "cpu", dtype: str = "float32") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"server-{variant}.log"
         command = [sys.executable, "-m", "mmgpt", "serve", "--model", str(model), "--no-web"]
         command += ["--port", str(self.port), "--max-active", "16", "--max-waiting", "16", *FLAGS[variant]]
+        command += ["--device", device, "--dtype", dtype]
         self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while True:
@@ -169,15 +171,19 @@ def step_ceiling(chat, rows: list[int], cached: int = 100, steps: int = 25) -> d
     number of rows, from the median of ``steps`` steps over ``cached`` cached positions. Batching's scaling can
     reach at most this curve's (on a CPU a step's cost grows with its rows: it computes, not only reads)."""
     model = chat.model
+    device = model.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ceiling = {}
     with torch.no_grad():
         for b in rows:
-            ids = torch.full((b, cached), 5)
+            ids = torch.full((b, cached), 5, device=device)
             cache = model(ids, attention_mask=torch.ones_like(ids), use_cache=True).cache
-            token, times = torch.full((b, 1), 6), []
+            token, times = torch.full((b, 1), 6, device=device), []
             for _ in range(steps):
+                sync()
                 start = time.perf_counter()
                 cache = model(token, attention_mask=torch.ones_like(token), cache=cache, use_cache=True).cache
+                sync()
                 times.append(time.perf_counter() - start)
             ceiling[b] = b / statistics.median(times[3:])
     return ceiling
@@ -189,18 +195,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3, help="streamed one after another by each client")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="each round runs every client count in both variants")
+    parser.add_argument("--size", default="small", choices=["small", "1b", "7b"], help="the LM's shape (sizes.py)")
+    parser.add_argument("--device", default="cpu", help="where the servers (and the step alone) run: cpu, cuda")
+    parser.add_argument("--dtype", default="float32", help="float32, or bfloat16 / float16 on a GPU")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
 
     folder = Path(tempfile.mkdtemp(prefix="mmgpt-bench-serve-"))
     from mmgpt.model.checkpoints.ours import save_pretrained
 
-    chat = build_chat_model("following")
+    chat = build_chat_model("following", args.size)
+    chat.model.to(getattr(torch, args.dtype))
     model = save_pretrained(chat.model, chat.tokenizer, folder / "bench")  # served as model "bench"
+    chat.model.to(args.device)
     ceiling = step_ceiling(chat, counts)
     del chat
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
     images = {100 + 10 * c + n: png_data_url(picture(100 + 10 * c + n)) for c in range(max(counts)) for n in range(9)}
-    servers = {variant: Server(model, variant, folder) for variant in VARIANTS}
+    servers = {variant: Server(model, variant, folder, device=args.device, dtype=args.dtype) for variant in VARIANTS}
     print(f"model saved in {model}; servers' logs in {folder}", flush=True)
     try:
         for server in servers.values():  # untimed: first calls, allocator, threads
@@ -305,6 +318,9 @@ def main() -> None:
             "max_tokens": args.max_tokens,
             "rounds": args.rounds,
             "flags": FLAGS,
+            "size": args.size,
+            "device": args.device,
+            "dtype": args.dtype,
         },
         "table": table,
         "runs": runs,
