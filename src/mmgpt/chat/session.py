@@ -131,6 +131,11 @@ class ChatSession:
         """Forget the last exchange (the cache keeps what stays valid; the next turn cuts the rest)."""
         return self.turns.pop() if self.turns else None
 
+    @property
+    def cached_tokens(self) -> int:
+        """Positions its KV cache holds (what the next turn may reuse)."""
+        return len(self._cache.ids)
+
     def load_turns(self, turns: Sequence[Turn]) -> None:
         """Replace the history (e.g. an API request's messages); cache and latents stay where still valid."""
         self.turns = list(turns)

@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-batching", action="store_true", help="generations take turns on the model instead of batching"
     )
+    parser.add_argument(
+        "--api-cache-tokens",
+        type=int,
+        default=8192,
+        help="cached positions of API conversations kept for their next request (0: none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             max_rows=args.max_rows,
             max_batch_tokens=args.max_batch_tokens,
             prefill_chunk=args.prefill_chunk,
+            api_cache_tokens=args.api_cache_tokens,
         )
         chat_models = [
             load_chat_model(

@@ -19,13 +19,14 @@ with a request id (``errors.CatchAll``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import json
 import re
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -36,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mmgpt.chat import ChatSession, ContextOverflowError, InvalidMessageError, Reply
 from mmgpt.data.images import ImageError, ImageTooLargeError, probe_image
 from mmgpt.serve.chat_request import ChatRequest, parse_chat_request, show
+from mmgpt.serve.conversations import ParkedConversations, conversation_key, image_digest
 from mmgpt.serve.errors import APIError, CatchAll, api_error_handler, bad_request, internal_error, log, new_request_id
 from mmgpt.serve.limits import Admission, ServeLimits
 from mmgpt.serve.models import Served, ServedModels
@@ -48,6 +50,8 @@ def add_api(app: FastAPI, models: ServedModels, limits: ServeLimits, *, api_key:
     """Install the /v1 routes and OpenAI-shaped error handlers on ``app``: requests name one of ``models``."""
     admission = Admission(limits)
     app.state.admission = admission
+    conversations = ParkedConversations(limits.api_cache_tokens)
+    app.state.conversations = conversations
     app.add_exception_handler(APIError, api_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(CatchAll, prefix="/v1")
@@ -74,7 +78,9 @@ def add_api(app: FastAPI, models: ServedModels, limits: ServeLimits, *, api_key:
         served = _served(models, parsed.model)
         await admission.acquire()
         try:
-            session, stream, first = await anyio.to_thread.run_sync(_start, served, parsed, limits)
+            session, stream, first, history = await anyio.to_thread.run_sync(
+                _start, served, parsed, limits, conversations
+            )
         except BaseException:
             admission.release()
             raise
@@ -88,9 +94,11 @@ def add_api(app: FastAPI, models: ServedModels, limits: ServeLimits, *, api_key:
                 stream.close()
                 admission.release()
             timing.log(completion_id, parsed, session.last)
+            _park(conversations, parsed.model, history, session)
             return JSONResponse(_completion(completion_id, parsed.model, session.last), headers=headers)
+        done = functools.partial(_park, conversations, parsed.model, history, session)
         return StreamingResponse(
-            _events(request, parsed, session, stream, first, admission, completion_id, timing),
+            _events(request, parsed, session, stream, first, admission, completion_id, timing, done),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
@@ -194,16 +202,19 @@ def _image_error(error: ImageError, number: int, where: str, limits: ServeLimits
     return bad_request(message, param="messages", code="invalid_image")
 
 
-def _start(served: Served, parsed: ChatRequest, limits: ServeLimits) -> tuple[ChatSession, Iterator[str], str | None]:
+def _start(
+    served: Served, parsed: ChatRequest, limits: ServeLimits, conversations: ParkedConversations
+) -> tuple[ChatSession, Iterator[str], str | None, list[tuple[str, list[bytes], str | None]]]:
     """Decode and encode the images, render the conversation, check the context and compute the first piece of
-    the answer (None: it is empty); return the session, the answer's stream and that first piece."""
-    session = ChatSession(served.chat_model, adapter=served.adapter, drop_oldest=False)
-    turns = []
+    the answer (None: it is empty); return the session (the conversation's parked one when this request continues
+    it), the answer's stream, that first piece, and the conversation's content (what it is parked under)."""
+    history: list[tuple[str, list[bytes], str | None]] = []  # per turn: text, image digests, answer
+    files: list[list[Path]] = []
     places: dict[str, tuple[int, str]] = {}  # temporary file -> (image number, where in the request)
     with tempfile.TemporaryDirectory(prefix="mmgpt-images-") as folder:
         try:
             for user in parsed.turns:
-                paths = []
+                paths, digests = [], []
                 for image, where in zip(user.images, user.image_params, strict=True):
                     data = _fetch(image, limits) if isinstance(image, str) else image
                     number = len(places) + 1
@@ -215,7 +226,14 @@ def _start(served: Served, parsed: ChatRequest, limits: ServeLimits) -> tuple[Ch
                     path.write_bytes(data)
                     probe_image(path, max_pixels=limits.max_image_pixels)  # the server's budget, whatever the model's
                     paths.append(path)
-                turn = session.make_turn(user.text, paths)
+                    digests.append(image_digest(data))
+                files.append(paths)
+                history.append((user.text, digests, user.answer))
+            parked = conversations.take(conversation_key(parsed.model, history[:-1]))
+            session = parked or ChatSession(served.chat_model, adapter=served.adapter, drop_oldest=False)
+            turns = []
+            for user, paths in zip(parsed.turns, files, strict=True):
+                turn = session.make_turn(user.text, paths)  # a parked session knows its images: not encoded again
                 turn.answer = user.answer
                 turns.append(turn)
         except ImageError as error:
@@ -240,7 +258,21 @@ def _start(served: Served, parsed: ChatRequest, limits: ServeLimits) -> tuple[Ch
     except BaseException:
         stream.close()
         raise
-    return session, stream, first
+    return session, stream, first, history
+
+
+def _park(
+    conversations: ParkedConversations,
+    model: str,
+    history: list[tuple[str, list[bytes], str | None]],
+    session: ChatSession,
+) -> None:
+    """A finished answer's session, kept for the request that continues its conversation."""
+    reply = session.last
+    if reply is None or reply.finish_reason not in ("stop", "length"):
+        return
+    text, digests, _ = history[-1]
+    conversations.park(conversation_key(model, [*history[:-1], (text, digests, reply.text)]), session)
 
 
 def _drain(stream: Iterator[str]) -> None:
@@ -254,6 +286,7 @@ def _usage(reply: Reply) -> dict:
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": reply.reused_tokens},  # OpenAI's field: not computed again
     }
 
 
@@ -314,6 +347,7 @@ async def _events(
     admission: Admission,
     completion_id: str,
     timing: _Timing,
+    done: Callable[[], None],
 ) -> AsyncIterator[str]:
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time())}
     base["model"] = parsed.model
@@ -347,3 +381,4 @@ async def _events(
         stream.close()
         admission.release()
         timing.log(completion_id, parsed, session.last)
+        done()

@@ -1,0 +1,131 @@
+"""API conversations kept between requests: a client that sends the whole conversation again at every turn gets
+the previous turn's session back - its cache (``usage.prompt_tokens_details.cached_tokens``) and its images'
+features (not encoded again) - and the same answers as a server that keeps nothing."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from mmgpt.chat import ChatSession
+from mmgpt.generate import GenerationConfig
+from mmgpt.serve.app import ServeConfig, build_app
+from mmgpt.serve.conversations import ParkedConversations
+from mmgpt.serve.limits import ServeLimits
+from tests.serve.conftest import png
+
+
+def image_part(data: bytes) -> dict:
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(data).decode()}}
+
+
+def questions(seed: int = 5) -> list:
+    return [
+        [{"type": "text", "text": "what is in the picture?"}, image_part(png(seed))],
+        "and its colour?",
+        [{"type": "text", "text": "compare with this one"}, image_part(png(seed + 1))],
+    ]
+
+
+def converse(
+    http: TestClient, *, stream: bool = False, answers: dict[int, str] | None = None, seed: int = 5
+) -> list[dict]:
+    """Three turns, each request carrying the whole conversation (the answers as received, or ``answers[i]``
+    in their place); per turn: the answer and its usage."""
+    messages: list[dict] = []
+    out = []
+    for i, question in enumerate(questions(seed)):
+        messages.append({"role": "user", "content": question})
+        body = {"model": "tiny", "messages": messages, "max_tokens": 6, "temperature": 0}
+        if stream:
+            body.update(stream=True, stream_options={"include_usage": True})
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        if stream:
+            events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+            chunks = [json.loads(e) for e in events]
+            text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+            usage = chunks[-1]["usage"]
+        else:
+            text, usage = response.json()["choices"][0]["message"]["content"], response.json()["usage"]
+        out.append({"text": text, "usage": usage})
+        messages.append({"role": "assistant", "content": (answers or {}).get(i, text)})
+    return out
+
+
+def app_with(chat_model, cache_tokens: int):
+    limits = ServeLimits(max_image_pixels=64 * 64, api_cache_tokens=cache_tokens)
+    return build_app(chat_model, ServeConfig(web_path=None, limits=limits))
+
+
+def count_encodings(chat_model, monkeypatch) -> list[int]:
+    encoded: list[int] = []
+    real = chat_model.model.embed_images
+
+    def counting(pixels):
+        encoded.append(pixels.shape[0])
+        return real(pixels)
+
+    monkeypatch.setattr(chat_model.model, "embed_images", counting)
+    return encoded
+
+
+def as_a_local_session(chat_model) -> list[tuple[str, int]]:
+    """The same three turns asked of one ChatSession in the library: (answer, tokens it reused) per turn."""
+    session = ChatSession(chat_model, drop_oldest=False)
+    out = []
+    for question in questions():
+        text = question if isinstance(question, str) else question[0]["text"]
+        images = [] if isinstance(question, str) else [Image.open(io.BytesIO(png_of(question[1])))]
+        reply = session.ask(text, images=images, config=GenerationConfig(max_new_tokens=6))
+        out.append((reply.text, reply.reused_tokens))
+    return out
+
+
+def png_of(part: dict) -> bytes:
+    return base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_sent_again_continues_its_session(chat_model, monkeypatch, stream):
+    with TestClient(app_with(chat_model, 0)) as http:
+        fresh = converse(http, stream=stream)  # a server that keeps nothing: every turn from scratch
+    local = as_a_local_session(chat_model)
+    encoded = count_encodings(chat_model, monkeypatch)
+    with TestClient(app := app_with(chat_model, 8192)) as http:
+        kept = converse(http, stream=stream)
+    assert [t["text"] for t in kept] == [t["text"] for t in fresh] == [text for text, _ in local]
+    assert [t["usage"]["prompt_tokens_details"]["cached_tokens"] for t in fresh] == [0, 0, 0]
+    # Each turn reuses what one session in the library reuses when asked the same turns (the model says which
+    # cached positions stay valid: here the third turn's new image cuts it short).
+    cached = [t["usage"]["prompt_tokens_details"]["cached_tokens"] for t in kept]
+    assert cached == [reused for _, reused in local] and cached[1] > 0
+    assert encoded == [1, 1]  # each image once: the first turn's is not encoded again at the second or third
+    assert app.state.conversations.hits == 2
+
+
+def test_an_edited_conversation_misses(chat_model):
+    with TestClient(app := app_with(chat_model, 8192)) as http:
+        edited = converse(http, answers={0: "something the model did not say"})
+    cached = [t["usage"]["prompt_tokens_details"]["cached_tokens"] for t in edited]
+    assert cached[1] == 0 and cached[2] > 0  # turn 2 starts afresh; turn 3 continues turn 2's session
+    assert app.state.conversations.hits == 1
+
+
+def test_parked_conversations_are_bounded_by_their_cached_positions(chat_model):
+    with TestClient(app := app_with(chat_model, 8192)) as http:
+        converse(http, seed=5)
+        converse(http, seed=7)
+    conversations = app.state.conversations
+    assert len(conversations) == 2 and 0 < conversations.tokens <= 8192  # each conversation's latest session
+    small = ParkedConversations(max_tokens=conversations.tokens - 1)
+    for key, session in list(conversations._parked.items()):
+        small.park(key, session)
+    assert len(small) == 1 and small.tokens <= small.max_tokens  # the least recently parked left
+    with pytest.raises(ValueError, match="max_tokens=-1 must be >= 0"):
+        ParkedConversations(-1)
