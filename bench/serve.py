@@ -54,12 +54,14 @@ def free_port() -> int:
 class Server:
     """``mmgpt serve`` in a process of its own; its log (one line per request) goes to a file."""
 
-    def __init__(self, model: Path, variant: str, folder: Path, *, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(
+        self, model: Path, variant: str, folder: Path, flags: list[str], *, device: str = "cpu", dtype: str = "float32"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"server-{variant}.log"
         command = [sys.executable, "-m", "mmgpt", "serve", "--model", str(model), "--no-web"]
-        command += ["--port", str(self.port), "--max-active", "16", "--max-waiting", "16", *FLAGS[variant]]
+        command += ["--port", str(self.port), "--max-active", "16", "--max-waiting", "16", *flags]
         command += ["--device", device, "--dtype", dtype]
         self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
@@ -213,7 +215,10 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     images = {100 + 10 * c + n: png_data_url(picture(100 + 10 * c + n)) for c in range(max(counts)) for n in range(9)}
-    servers = {variant: Server(model, variant, folder, device=args.device, dtype=args.dtype) for variant in VARIANTS}
+    servers = {
+        variant: Server(model, variant, folder, FLAGS[variant], device=args.device, dtype=args.dtype)
+        for variant in VARIANTS
+    }
     print(f"model saved in {model}; servers' logs in {folder}", flush=True)
     try:
         for server in servers.values():  # untimed: first calls, allocator, threads

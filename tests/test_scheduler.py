@@ -218,6 +218,36 @@ def test_a_turn_sent_before_its_cancelled_row_left_waits_for_its_cache(tmp_path)
         stop_batching(slow)
 
 
+def test_a_cache_dropped_while_its_cancelled_row_is_in_the_batch_stays_dropped(tmp_path):
+    """A server bounding idle caches may drop a session's cache (``drop_cache``) while the row of its closed stream
+    is still in the batch: the row finishes on the cache it had, and the session starts afresh on a new one."""
+    slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one", "two")))
+    scheduler = start_batching(slow, max_rows=4)
+    try:
+        session = ChatSession(slow, adapter="one")
+        stream = session.send("describe the image", images=[picture(6)], config=GenerationConfig(max_new_tokens=400))
+        next(stream)
+        scheduler.pause()
+        time.sleep(0.2)  # the step under way ends: the row is still in the batch
+        stream.close()
+        session.drop_cache()
+        assert session.cached_tokens == 0 and scheduler.rows == 1
+        scheduler.resume()
+        deadline = time.monotonic() + 30
+        while scheduler.rows and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert session.cached_tokens == 0 and session._cache.cache is None  # the row left without writing into it
+        greedy = GenerationConfig(max_new_tokens=6)
+        reply = session.ask("what color?", config=greedy)
+        expected = slow.tokenizer.decode(from_scratch(slow, session, greedy), skip_special_tokens=True)
+        assert reply.text == expected.strip() and reply.reused_tokens == 0
+        assert len(session._cache.ids) == session._cache.cache.length  # the old row wrote nothing into the new cache
+        third = session.ask("and the shape?", config=greedy)
+        assert third.reused_tokens > 0  # the new cache goes on as usual
+    finally:
+        stop_batching(slow)
+
+
 def test_stopping_the_scheduler_ends_the_turns_still_running(tmp_path):
     slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one",)))
     start_batching(slow)

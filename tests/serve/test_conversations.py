@@ -1,6 +1,7 @@
-"""API conversations kept between requests: a client that sends the whole conversation again at every turn gets
-the previous turn's session back - its cache (``usage.prompt_tokens_details.cached_tokens``) and its images'
-features (not encoded again) - and the same answers as a server that keeps nothing."""
+"""Conversations between their turns. An API client that sends the whole conversation again at every turn gets the
+previous turn's session back - its cache (``usage.prompt_tokens_details.cached_tokens``) and its images' features (not
+encoded again) - and the same answers as a server that keeps nothing. API conversations and browser tabs keep their
+caches under one bound: the least recently used lose theirs, and answer the same from scratch."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from PIL import Image
 from mmgpt.chat import ChatSession
 from mmgpt.generate import GenerationConfig
 from mmgpt.serve.app import ServeConfig, build_app
-from mmgpt.serve.conversations import ParkedConversations
+from mmgpt.serve.conversations import IdleConversations, tab_key
 from mmgpt.serve.limits import ServeLimits
+from mmgpt.serve.web import build_demo
 from tests.serve.conftest import png
 
 
@@ -59,7 +61,7 @@ def converse(
 
 
 def app_with(chat_model, cache_tokens: int):
-    limits = ServeLimits(max_image_pixels=64 * 64, api_cache_tokens=cache_tokens)
+    limits = ServeLimits(max_image_pixels=64 * 64, idle_cache_tokens=cache_tokens)
     return build_app(chat_model, ServeConfig(web_path=None, limits=limits))
 
 
@@ -123,9 +125,69 @@ def test_parked_conversations_are_bounded_by_their_cached_positions(chat_model):
         converse(http, seed=7)
     conversations = app.state.conversations
     assert len(conversations) == 2 and 0 < conversations.tokens <= 8192  # each conversation's latest session
-    small = ParkedConversations(max_tokens=conversations.tokens - 1)
+    small = IdleConversations(max_tokens=conversations.tokens - 1)
     for key, session in list(conversations._parked.items()):
         small.park(key, session)
     assert len(small) == 1 and small.tokens <= small.max_tokens  # the least recently parked left
     with pytest.raises(ValueError, match="max_tokens=-1 must be >= 0"):
-        ParkedConversations(-1)
+        IdleConversations(-1)
+
+
+def test_browser_tabs_share_the_bound_and_a_tab_whose_cache_was_dropped_answers_the_same(chat_model, tmp_path):
+    """Two tabs (the demo's handler, as gradio calls it) under a bound that holds one tab's cache: the second tab's
+    turn drops the first tab's cache (its history stays); the first tab's next answer is the one it gives with
+    nothing dropped, computed from scratch."""
+    image = tmp_path / "picture.png"
+    image.write_bytes(png(3))
+    turns = [("a", "what is in the picture?", [str(image)]), ("b", "hello there", []), ("b", "and then?", [])]
+    turns.append(("a", "and its colour?", []))
+
+    def run(bound: int) -> tuple[list[tuple[str, int, int]], IdleConversations, int]:
+        """Per turn: the answer, the tokens it reused, the tokens its tab's cache then held; the conversations; how
+        many sessions were parked at the end."""
+        conversations = IdleConversations(bound)
+        demo = build_demo(chat_model, conversations=conversations)
+        respond = next(f.fn for f in demo.fns.values() if f.name == "respond")
+        tabs: dict[str, ChatSession | None] = {"a": None, "b": None}
+        out = []
+        try:
+            for tab, text, files in turns:
+                *_, (_, _, tabs[tab], _) = respond({"text": text, "files": files}, tabs[tab], "tiny", 0.0, 1.0, 5)
+                out.append((tabs[tab].last.text, tabs[tab].last.reused_tokens, tabs[tab].cached_tokens))
+            parked = len(conversations)
+        finally:
+            demo.cleanup()
+        return out, conversations, parked
+
+    unbounded, everything, parked = run(8192)
+    assert all(reused > 0 for _, reused, _ in unbounded[2:]) and everything.evicted == 0 and parked == 2
+    held = [cached for _, _, cached in unbounded]
+    one_tab = max(held[:3])
+    assert held[0] + held[1] > one_tab  # so tab b's first turn drops tab a's cache
+    bounded, conversations, _ = run(one_tab)
+    assert [text for text, _, _ in bounded] == [text for text, _, _ in unbounded]
+    assert bounded[2][1] > 0 and bounded[3][1] == 0  # tab b kept its cache; tab a's was dropped, then recomputed
+    assert conversations.evicted >= 1
+
+
+def test_idle_caches_go_least_recently_used_first_and_tabs_are_held_weakly(chat_model):
+    def session_holding(question: str) -> ChatSession:
+        session = ChatSession(chat_model)
+        session.ask(question, config=GenerationConfig(max_new_tokens=3))
+        return session
+
+    first, second, third = (session_holding(q) for q in ("one", "two two", "three three three"))
+    conversations = IdleConversations(first.cached_tokens + second.cached_tokens + third.cached_tokens - 1)
+    conversations.park("api:first", first)
+    conversations.park(tab_key(second), second, weak=True)
+    assert len(conversations) == 2 and conversations.evicted == 0
+    conversations.park("api:third", third)  # over the bound: the first parked loses its cache
+    assert first.cached_tokens == 0 and len(first.turns) == 1 and conversations.take("api:first") is None
+    assert conversations.take(tab_key(second)) is second and second.cached_tokens > 0
+    conversations.park(tab_key(second), second, weak=True)
+    del second  # the tab let its session go: it leaves the parked ones with it
+    conversations.park("api:third", third)
+    assert len(conversations) == 1 and conversations.tokens == third.cached_tokens
+    huge = IdleConversations(third.cached_tokens - 1)
+    huge.park("api:third", third)  # a cache over the whole bound is dropped at once
+    assert len(huge) == 0 and third.cached_tokens == 0 and huge.evicted == 1

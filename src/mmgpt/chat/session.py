@@ -125,7 +125,12 @@ class ChatSession:
     def reset(self) -> None:
         self.turns.clear()
         self.pending_images.clear()
-        self._cache.clear()
+        self.drop_cache()
+
+    def drop_cache(self) -> None:
+        """Free the KV cache (the history stays; the next turn prefills its whole prompt). Safe while a closed
+        stream's row is still in the scheduler's batch: that row keeps the old cache until it leaves."""
+        self._cache = ConversationCache(self.chat_model)
 
     def undo(self) -> Turn | None:
         """Forget the last exchange (the cache keeps what stays valid; the next turn cuts the rest)."""

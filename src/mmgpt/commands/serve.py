@@ -58,10 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-batching", action="store_true", help="generations take turns on the model instead of batching"
     )
     parser.add_argument(
-        "--api-cache-tokens",
+        "--idle-cache-tokens",
         type=int,
         default=8192,
-        help="cached positions of API conversations kept for their next request (0: none)",
+        help="KV cache positions kept by conversations between their turns, API requests and browser tabs "
+        "together; the least recently used lose theirs first (0: none)",
     )
 
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             max_rows=args.max_rows,
             max_batch_tokens=args.max_batch_tokens,
             prefill_chunk=args.prefill_chunk,
-            api_cache_tokens=args.api_cache_tokens,
+            idle_cache_tokens=args.idle_cache_tokens,
         )
         chat_models = [
             load_chat_model(

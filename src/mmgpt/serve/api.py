@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mmgpt.chat import ChatSession, ContextOverflowError, InvalidMessageError, Reply
 from mmgpt.data.images import ImageError, ImageTooLargeError, probe_image
 from mmgpt.serve.chat_request import ChatRequest, parse_chat_request, show
-from mmgpt.serve.conversations import ParkedConversations, conversation_key, image_digest
+from mmgpt.serve.conversations import IdleConversations, conversation_key, image_digest
 from mmgpt.serve.errors import APIError, CatchAll, api_error_handler, bad_request, internal_error, log, new_request_id
 from mmgpt.serve.limits import Admission, ServeLimits
 from mmgpt.serve.models import Served, ServedModels
@@ -46,12 +46,18 @@ MAX_JSON_DEPTH = 32  # a chat request nests 7 levels; a thousand-deep body is re
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def add_api(app: FastAPI, models: ServedModels, limits: ServeLimits, *, api_key: str | None = None) -> None:
-    """Install the /v1 routes and OpenAI-shaped error handlers on ``app``: requests name one of ``models``."""
+def add_api(
+    app: FastAPI,
+    models: ServedModels,
+    limits: ServeLimits,
+    conversations: IdleConversations,
+    *,
+    api_key: str | None = None,
+) -> None:
+    """Install the /v1 routes and OpenAI-shaped error handlers on ``app``: requests name one of ``models``; a
+    finished answer's session waits in ``conversations`` for the request that continues it."""
     admission = Admission(limits)
     app.state.admission = admission
-    conversations = ParkedConversations(limits.api_cache_tokens)
-    app.state.conversations = conversations
     app.add_exception_handler(APIError, api_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(CatchAll, prefix="/v1")
@@ -203,7 +209,7 @@ def _image_error(error: ImageError, number: int, where: str, limits: ServeLimits
 
 
 def _start(
-    served: Served, parsed: ChatRequest, limits: ServeLimits, conversations: ParkedConversations
+    served: Served, parsed: ChatRequest, limits: ServeLimits, conversations: IdleConversations
 ) -> tuple[ChatSession, Iterator[str], str | None, list[tuple[str, list[bytes], str | None]]]:
     """Decode and encode the images, render the conversation, check the context and compute the first piece of
     the answer (None: it is empty); return the session (the conversation's parked one when this request continues
@@ -262,7 +268,7 @@ def _start(
 
 
 def _park(
-    conversations: ParkedConversations,
+    conversations: IdleConversations,
     model: str,
     history: list[tuple[str, list[bytes], str | None]],
     session: ChatSession,

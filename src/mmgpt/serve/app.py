@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from mmgpt.chat import ChatModel, start_batching, stop_batching
 from mmgpt.serve.api import add_api
+from mmgpt.serve.conversations import IdleConversations
 from mmgpt.serve.limits import ServeLimits
 from mmgpt.serve.models import ServedModels
 
@@ -52,7 +53,9 @@ def build_app(models: ServedModels | ChatModel | Sequence[ChatModel], config: Se
 
     app = FastAPI(title="mmgpt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.scheduler = None
-    add_api(app, models, config.limits, api_key=config.api_key)
+    # API conversations and browser tabs keep their caches between turns under one bound.
+    app.state.conversations = conversations = IdleConversations(config.limits.idle_cache_tokens)
+    add_api(app, models, config.limits, conversations, api_key=config.api_key)
 
     @app.get("/health")
     async def health() -> dict:
@@ -64,7 +67,7 @@ def build_app(models: ServedModels | ChatModel | Sequence[ChatModel], config: Se
         from mmgpt.serve.web import build_demo
 
         # Its sessions generate concurrently (gradio's default runs one at a time): they batch like the API's.
-        demo = build_demo(models, concurrency_limit=config.limits.max_active)
+        demo = build_demo(models, concurrency_limit=config.limits.max_active, conversations=conversations)
         on_shutdown.append(demo.cleanup)  # its example pictures' temporary folder
         # Mounted last, so /v1 and /health match first even when the demo sits at "/".
         gr.mount_gradio_app(

@@ -2,10 +2,13 @@
 regenerate / undo / clear, examples, the model or adapter per conversation, and the exact prompt the model sees.
 
 Each browser session owns one :class:`~mmgpt.chat.ChatSession` (kept in a ``gr.State``, freed an hour after the
-tab closes), so every turn reuses that conversation's cache. All sessions share the served models with the API:
-with batching on, their answers decode in the same batch as the API's. With several models served (e.g. the three
-systems of ``mmgpt experiment systems``) the *Model* menu lists them all; picking another model carries the
-conversation over to it (its prompt style, its image transform, a cache of its own).
+tab closes), so every turn reuses that conversation's cache; between turns the session waits in the server's
+:class:`~mmgpt.serve.conversations.IdleConversations`, so the caches of all tabs (and of the API's conversations)
+stay under one bound - a tab whose cache was dropped prefills its history again at its next turn. All sessions
+share the served models with the API: with batching on, their answers decode in the same batch as the API's. With
+several models served (e.g. the three systems of ``mmgpt experiment systems``) the *Model* menu lists them all;
+picking another model carries the conversation over to it (its prompt style, its image transform, a cache of its
+own).
 
 A bad message (an unreadable image, a literal ``<image>``, a prompt over the context) is a warning toast, never an
 error state: the conversation stays as it was, the input keeps its text and its good images, and the next message
@@ -29,6 +32,8 @@ from mmgpt.chat import ChatModel, ChatSession, ContextOverflowError, InvalidMess
 from mmgpt.data.images import ImageError, ImageTooLargeError
 from mmgpt.data.styles import get_style
 from mmgpt.generate import GenerationConfig
+from mmgpt.serve.conversations import IdleConversations, tab_key
+from mmgpt.serve.limits import ServeLimits
 from mmgpt.serve.models import ServedModels
 
 log = logging.getLogger("mmgpt.serve")
@@ -66,10 +71,19 @@ def image_problem(error: ImageError, max_pixels: int) -> str:
     return f"{Path(error.path).name}: {error.problem}; attach a complete PNG, JPEG, GIF or WebP file"
 
 
-def build_demo(models: ServedModels | ChatModel, *, title: str | None = None, concurrency_limit: int = 1) -> gr.Blocks:
+def build_demo(
+    models: ServedModels | ChatModel,
+    *,
+    title: str | None = None,
+    concurrency_limit: int = 1,
+    conversations: IdleConversations | None = None,
+) -> gr.Blocks:
     """The demo over ``models`` (one model, or several to choose from); up to ``concurrency_limit`` answers generate
-    at once (across all tabs): with a batching model they decode together, without one they take turns per token."""
+    at once (across all tabs): with a batching model they decode together, without one they take turns per token.
+    Tabs' sessions wait between turns in ``conversations`` (default: a bound of their own, ``ServeLimits``')."""
     models = ServedModels.of(models)
+    if conversations is None:
+        conversations = IdleConversations(ServeLimits().idle_cache_tokens)
     names, selected = models.names, models.default
     first = models.chat_models[0]
     if title is None:  # one model: the system whose template it answers in; several: the framework
@@ -107,6 +121,12 @@ def build_demo(models: ServedModels | ChatModel, *, title: str | None = None, co
         gr.Warning(shown(message))
         return box if box is not None else gr.skip(), history_of(session), session, session.prompt_text()
 
+    def taken(session: ChatSession | None, model: str) -> ChatSession:
+        """The tab's session for a turn, out of the idle conversations while the turn runs."""
+        if session is not None:
+            conversations.take(tab_key(session))
+        return session_for(session, model)
+
     def stream_answer(session: ChatSession, stream: Iterator[str]) -> Iterator[tuple]:
         for notice in session.notices:
             gr.Info(notice)
@@ -122,10 +142,18 @@ def build_demo(models: ServedModels | ChatModel, *, title: str | None = None, co
             log.exception("the demo's generation failed")
             yield unchanged(session, "the answer stopped: the model failed (the server's log has the details)")
             return
+        finally:
+            stream.close()  # a tab gone mid-answer: its row leaves the batch now
         yield gr.MultimodalTextbox(value=None), history_of(session), session, session.prompt_text()
 
     def respond(message: dict, session: ChatSession | None, model: str, temperature, top_p, max_tokens):
-        session = session_for(session, model)
+        session = taken(session, model)
+        try:
+            yield from answer(session, message, temperature, top_p, max_tokens)
+        finally:
+            conversations.park(tab_key(session), session, weak=True)
+
+    def answer(session: ChatSession, message: dict, temperature, top_p, max_tokens):
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text and not files:
@@ -145,16 +173,19 @@ def build_demo(models: ServedModels | ChatModel, *, title: str | None = None, co
         yield from stream_answer(session, stream)
 
     def regenerate(session: ChatSession | None, model: str, temperature, top_p, max_tokens):
-        if session is None or not session.turns:
-            yield unchanged(session_for(session, model), "nothing to regenerate yet")
-            return
-        session = session_for(session, model)
+        session = taken(session, model)
         try:
-            stream = session.regenerate(config(temperature, top_p, max_tokens))
-        except (InvalidMessageError, ContextOverflowError) as error:
-            yield unchanged(session, str(error))
-            return
-        yield from stream_answer(session, stream)
+            if not session.turns:
+                yield unchanged(session, "nothing to regenerate yet")
+                return
+            try:
+                stream = session.regenerate(config(temperature, top_p, max_tokens))
+            except (InvalidMessageError, ContextOverflowError) as error:
+                yield unchanged(session, str(error))
+                return
+            yield from stream_answer(session, stream)
+        finally:
+            conversations.park(tab_key(session), session, weak=True)
 
     def undo(session: ChatSession | None):
         if session is not None:
