@@ -191,7 +191,7 @@ def test_full_queue_answers_429_and_a_disconnected_stream_frees_its_slot(chat_mo
             refused = post(short)  # ...and this one is refused at once
             assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
             assert refused.headers["retry-after"] == "1"
-            assert (admission.active, admission.waiting) == (1, 1)
+            assert (admission.active, admission.waiting) == (1, 1) and admission.refused == {"server_busy": 1}
         # The streaming client hung up: its 1900-token generation (19 s at least) stops and frees the slot.
         started = time.monotonic()
         waiter.join(timeout=20)
@@ -213,6 +213,7 @@ def test_api_key_and_body_limit(chat_model):
         assert http.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         auth = {"Authorization": "Bearer sekrit"}
         assert http.post("/v1/chat/completions", json=body, headers=auth).status_code == 200
+        assert http.get("/metrics").status_code == 401 and http.get("/metrics", headers=auth).status_code == 200
         huge = dict(body, messages=[{"role": "user", "content": "x" * 3000}])
         too_big = http.post("/v1/chat/completions", content=json.dumps(huge), headers=auth)
         assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hmac
 import json
 import re
 import tempfile
@@ -38,8 +37,18 @@ from mmgpt.chat import ChatSession, ContextOverflowError, InvalidMessageError, R
 from mmgpt.data.images import ImageError, ImageTooLargeError, probe_image
 from mmgpt.serve.chat_request import ChatRequest, parse_chat_request, show
 from mmgpt.serve.conversations import IdleConversations, conversation_key, image_digest
-from mmgpt.serve.errors import APIError, CatchAll, api_error_handler, bad_request, internal_error, log, new_request_id
+from mmgpt.serve.errors import (
+    APIError,
+    CatchAll,
+    api_error_handler,
+    bad_request,
+    internal_error,
+    log,
+    new_request_id,
+    require_key,
+)
 from mmgpt.serve.limits import Admission, ServeLimits
+from mmgpt.serve.metrics import ServerMetrics
 from mmgpt.serve.models import Served, ServedModels
 
 MAX_JSON_DEPTH = 32  # a chat request nests 7 levels; a thousand-deep body is refused before anything recurses
@@ -50,35 +59,29 @@ def add_api(
     app: FastAPI,
     models: ServedModels,
     limits: ServeLimits,
-    conversations: IdleConversations,
     *,
+    admission: Admission,
+    conversations: IdleConversations,
+    metrics: ServerMetrics,
     api_key: str | None = None,
 ) -> None:
-    """Install the /v1 routes and OpenAI-shaped error handlers on ``app``: requests name one of ``models``; a
-    finished answer's session waits in ``conversations`` for the request that continues it."""
-    admission = Admission(limits)
-    app.state.admission = admission
+    """Install the /v1 routes and OpenAI-shaped error handlers on ``app``: requests name one of ``models`` and wait
+    for a slot in ``admission``; a finished answer's session waits in ``conversations`` for the request that
+    continues it; each answer is counted in ``metrics``."""
     app.add_exception_handler(APIError, api_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(CatchAll, prefix="/v1")
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
-
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
-        authorize(request)
+        require_key(request, api_key)
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "mmgpt"} for n in models.names]
         return JSONResponse({"object": "list", "data": data})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         received = time.perf_counter()
-        authorize(request)
+        require_key(request, api_key)
         body = await _read_json(request, limits.max_request_bytes)
         parsed = parse_chat_request(body, limits)
         served = _served(models, parsed.model)
@@ -93,18 +96,17 @@ def add_api(
         timing = _Timing(received, time.perf_counter())
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         headers = {"X-Time-To-First-Token": f"{timing.first_token_s:.4f}"}
+        done = functools.partial(_finished, timing, completion_id, parsed, session, history, conversations, metrics)
         if not parsed.stream:
             try:
                 await anyio.to_thread.run_sync(_drain, stream)
             finally:
                 stream.close()
                 admission.release()
-            timing.log(completion_id, parsed, session.last)
-            _park(conversations, parsed.model, history, session)
+            done()
             return JSONResponse(_completion(completion_id, parsed.model, session.last), headers=headers)
-        done = functools.partial(_park, conversations, parsed.model, history, session)
         return StreamingResponse(
-            _events(request, parsed, session, stream, first, admission, completion_id, timing, done),
+            _events(request, parsed, session, stream, first, admission, completion_id, done),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
@@ -267,18 +269,25 @@ def _start(
     return session, stream, first, history
 
 
-def _park(
-    conversations: IdleConversations,
-    model: str,
-    history: list[tuple[str, list[bytes], str | None]],
+def _finished(
+    timing: _Timing,
+    completion_id: str,
+    parsed: ChatRequest,
     session: ChatSession,
+    history: list[tuple[str, list[bytes], str | None]],
+    conversations: IdleConversations,
+    metrics: ServerMetrics,
 ) -> None:
-    """A finished answer's session, kept for the request that continues its conversation."""
+    """A request's answer ended: log it, count it, and keep a finished answer's session for the request that
+    continues its conversation."""
     reply = session.last
-    if reply is None or reply.finish_reason not in ("stop", "length"):
+    timing.log(completion_id, parsed, reply)
+    if reply is None:
         return
-    text, digests, _ = history[-1]
-    conversations.park(conversation_key(model, [*history[:-1], (text, digests, reply.text)]), session)
+    metrics.answered(parsed.model, "api", reply, time.perf_counter() - timing.received)
+    if reply.finish_reason in ("stop", "length"):
+        text, digests, _ = history[-1]
+        conversations.park(conversation_key(parsed.model, [*history[:-1], (text, digests, reply.text)]), session)
 
 
 def _drain(stream: Iterator[str]) -> None:
@@ -352,7 +361,6 @@ async def _events(
     first: str | None,
     admission: Admission,
     completion_id: str,
-    timing: _Timing,
     done: Callable[[], None],
 ) -> AsyncIterator[str]:
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time())}
@@ -386,5 +394,4 @@ async def _events(
     finally:
         stream.close()
         admission.release()
-        timing.log(completion_id, parsed, session.last)
         done()

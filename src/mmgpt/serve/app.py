@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 from mmgpt.chat import ChatModel, start_batching, stop_batching
 from mmgpt.serve.api import add_api
 from mmgpt.serve.conversations import IdleConversations
-from mmgpt.serve.limits import ServeLimits
+from mmgpt.serve.errors import require_key
+from mmgpt.serve.limits import Admission, ServeLimits
+from mmgpt.serve.metrics import CONTENT_TYPE, ServerMetrics
 from mmgpt.serve.models import ServedModels
 
 
@@ -53,13 +56,28 @@ def build_app(models: ServedModels | ChatModel | Sequence[ChatModel], config: Se
 
     app = FastAPI(title="mmgpt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.scheduler = None
+    app.state.admission = admission = Admission(config.limits)  # the API's slots and queue
     # API conversations and browser tabs keep their caches between turns under one bound.
     app.state.conversations = conversations = IdleConversations(config.limits.idle_cache_tokens)
-    add_api(app, models, config.limits, conversations, api_key=config.api_key)
+    app.state.metrics = metrics = ServerMetrics(models, admission, conversations)
+    add_api(
+        app,
+        models,
+        config.limits,
+        admission=admission,
+        conversations=conversations,
+        metrics=metrics,
+        api_key=config.api_key,
+    )
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": models.chat_models[0].name, "models": models.names}
+
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        require_key(request, config.api_key)  # load and traffic are the operator's business
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     if config.web_path is not None:
         import gradio as gr
@@ -67,7 +85,9 @@ def build_app(models: ServedModels | ChatModel | Sequence[ChatModel], config: Se
         from mmgpt.serve.web import build_demo
 
         # Its sessions generate concurrently (gradio's default runs one at a time): they batch like the API's.
-        demo = build_demo(models, concurrency_limit=config.limits.max_active, conversations=conversations)
+        demo = build_demo(
+            models, concurrency_limit=config.limits.max_active, conversations=conversations, metrics=metrics
+        )
         on_shutdown.append(demo.cleanup)  # its example pictures' temporary folder
         # Mounted last, so /v1 and /health match first even when the demo sits at "/".
         gr.mount_gradio_app(

@@ -84,7 +84,7 @@ class IdleConversations:
             self._parked[key] = weakref.ref(session) if weak else session
             for gone in [k for k, entry in self._parked.items() if _session(entry) is None]:
                 del self._parked[gone]
-            while self.tokens > self.max_tokens:
+            while self._tokens() > self.max_tokens:
                 _, oldest = self._parked.popitem(last=False)
                 if (evicted := _session(oldest)) is not None:
                     evicted.drop_cache()
@@ -93,6 +93,10 @@ class IdleConversations:
     @property
     def tokens(self) -> int:
         """Positions the parked caches hold."""
+        with self._lock:
+            return self._tokens()
+
+    def _tokens(self) -> int:
         return sum(session.cached_tokens for session in map(_session, self._parked.values()) if session is not None)
 
     def __len__(self) -> int:

@@ -4,6 +4,7 @@ the last line of defence: any exception nothing else answered becomes a 500 in t
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import uuid
@@ -92,3 +93,12 @@ class CatchAll:
             log.exception("request %s (%s %s) failed", request_id, scope.get("method"), scope["path"])
             if not started:
                 await internal_error(request_id).response({"X-Request-Id": request_id})(scope, receive, send)
+
+
+def require_key(request: Request, api_key: str | None) -> None:
+    """Refuse (401) a request without ``Authorization: Bearer API_KEY`` when the server has a key."""
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")

@@ -9,6 +9,7 @@ once (429) instead of piling up work. The generations admitted run as rows of on
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass
 
 from mmgpt.serve.errors import APIError
@@ -68,9 +69,11 @@ class Admission:
         self._slots = asyncio.Semaphore(limits.max_active)
         self.active = 0
         self.waiting = 0
+        self.refused: collections.Counter[str] = collections.Counter()  # by error code (server_busy, queue_timeout)
 
     async def acquire(self) -> None:
         if self.active >= self.limits.max_active and self.waiting >= self.limits.max_waiting:
+            self.refused["server_busy"] += 1
             raise APIError(
                 429,
                 f"the server is busy ({self.active} requests running, {self.waiting} waiting); retry shortly",
@@ -81,6 +84,7 @@ class Admission:
         try:
             await asyncio.wait_for(self._slots.acquire(), self.limits.queue_timeout_s)
         except TimeoutError:
+            self.refused["queue_timeout"] += 1
             raise APIError(
                 503,
                 f"no generation slot freed within {self.limits.queue_timeout_s:.0f} s; retry later",

@@ -22,6 +22,7 @@ import html
 import logging
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from mmgpt.data.styles import get_style
 from mmgpt.generate import GenerationConfig
 from mmgpt.serve.conversations import IdleConversations, tab_key
 from mmgpt.serve.limits import ServeLimits
+from mmgpt.serve.metrics import ServerMetrics
 from mmgpt.serve.models import ServedModels
 
 log = logging.getLogger("mmgpt.serve")
@@ -77,10 +79,12 @@ def build_demo(
     title: str | None = None,
     concurrency_limit: int = 1,
     conversations: IdleConversations | None = None,
+    metrics: ServerMetrics | None = None,
 ) -> gr.Blocks:
     """The demo over ``models`` (one model, or several to choose from); up to ``concurrency_limit`` answers generate
     at once (across all tabs): with a batching model they decode together, without one they take turns per token.
-    Tabs' sessions wait between turns in ``conversations`` (default: a bound of their own, ``ServeLimits``')."""
+    Tabs' sessions wait between turns in ``conversations`` (default: a bound of their own, ``ServeLimits``'); each
+    answer is counted in ``metrics`` when given."""
     models = ServedModels.of(models)
     if conversations is None:
         conversations = IdleConversations(ServeLimits().idle_cache_tokens)
@@ -127,7 +131,7 @@ def build_demo(
             conversations.take(tab_key(session))
         return session_for(session, model)
 
-    def stream_answer(session: ChatSession, stream: Iterator[str]) -> Iterator[tuple]:
+    def stream_answer(session: ChatSession, stream: Iterator[str], model: str, started: float) -> Iterator[tuple]:
         for notice in session.notices:
             gr.Info(notice)
         session.notices.clear()
@@ -144,16 +148,18 @@ def build_demo(
             return
         finally:
             stream.close()  # a tab gone mid-answer: its row leaves the batch now
+            if metrics is not None and session.last is not None:
+                metrics.answered(model, "web", session.last, time.perf_counter() - started)
         yield gr.MultimodalTextbox(value=None), history_of(session), session, session.prompt_text()
 
     def respond(message: dict, session: ChatSession | None, model: str, temperature, top_p, max_tokens):
-        session = taken(session, model)
+        started, session = time.perf_counter(), taken(session, model)
         try:
-            yield from answer(session, message, temperature, top_p, max_tokens)
+            yield from answer(session, message, model, started, temperature, top_p, max_tokens)
         finally:
             conversations.park(tab_key(session), session, weak=True)
 
-    def answer(session: ChatSession, message: dict, temperature, top_p, max_tokens):
+    def answer(session: ChatSession, message: dict, model: str, started: float, temperature, top_p, max_tokens):
         text = (message or {}).get("text", "").strip()
         files = [f if isinstance(f, str) else f["path"] for f in (message or {}).get("files", [])]
         if not text and not files:
@@ -170,10 +176,10 @@ def build_demo(
         except (InvalidMessageError, ContextOverflowError) as error:
             yield unchanged(session, str(error), gr.MultimodalTextbox(value={"text": text, "files": files}))
             return
-        yield from stream_answer(session, stream)
+        yield from stream_answer(session, stream, model, started)
 
     def regenerate(session: ChatSession | None, model: str, temperature, top_p, max_tokens):
-        session = taken(session, model)
+        started, session = time.perf_counter(), taken(session, model)
         try:
             if not session.turns:
                 yield unchanged(session, "nothing to regenerate yet")
@@ -183,7 +189,7 @@ def build_demo(
             except (InvalidMessageError, ContextOverflowError) as error:
                 yield unchanged(session, str(error))
                 return
-            yield from stream_answer(session, stream)
+            yield from stream_answer(session, stream, model, started)
         finally:
             conversations.park(tab_key(session), session, weak=True)
 
