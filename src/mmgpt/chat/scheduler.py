@@ -361,7 +361,9 @@ class Scheduler:
 
 def start_batching(chat_model: ChatModel, **limits: int) -> Scheduler:
     """Decode every session's turns over ``chat_model`` together from now on (limits: :class:`Scheduler`'s
-    max_rows, max_tokens, prefill_chunk); returns the scheduler (:func:`stop_batching` ends it)."""
+    max_rows, max_tokens, prefill_chunk); returns the scheduler (:func:`stop_batching` ends it). On a CPU, load the
+    model on a thread that ends (``mmgpt.serve.loading.on_a_passing_thread``): an OpenMP pool left on the loading
+    thread slows every step of the scheduler's (docs/serving.md)."""
     if chat_model.scheduler is None:
         chat_model.scheduler = Scheduler(chat_model, **limits)
     return chat_model.scheduler

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmgpt.serve.app import ServeConfig, serve
     from mmgpt.serve.limits import ServeLimits
-    from mmgpt.serve.loading import load_chat_model, parse_adapters, parse_models
+    from mmgpt.serve.loading import load_chat_model, on_a_passing_thread, parse_adapters, parse_models
     from mmgpt.serve.models import ServedModels
 
     try:
@@ -86,17 +86,20 @@ def run(args: argparse.Namespace) -> int:
             prefill_chunk=args.prefill_chunk,
             idle_cache_tokens=args.idle_cache_tokens,
         )
-        chat_models = [
-            load_chat_model(
-                spec,
-                name=name,
-                adapters=parse_adapters(args.adapter) if i == 0 else None,
-                device=args.device,
-                dtype=args.dtype,
-                max_image_pixels=limits.max_image_pixels,
-            )
-            for i, (name, spec) in enumerate(parse_models(args.model))
-        ]
+        adapters, specs = parse_adapters(args.adapter), parse_models(args.model)
+        chat_models = on_a_passing_thread(  # no thread pool of the main thread slowing the scheduler's (CPU)
+            lambda: [
+                load_chat_model(
+                    spec,
+                    name=name,
+                    adapters=adapters if i == 0 else None,
+                    device=args.device,
+                    dtype=args.dtype,
+                    max_image_pixels=limits.max_image_pixels,
+                )
+                for i, (name, spec) in enumerate(specs)
+            ]
+        )
         models = ServedModels(chat_models)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}")
