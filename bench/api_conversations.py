@@ -33,7 +33,7 @@ from pathlib import Path
 import openai
 
 from chat import QUESTIONS, build_chat_model, picture, png_data_url  # bench/ is on sys.path when a benchmark runs
-from serve import Server
+from serve import Server, differing_answers, interleaved, run_of
 
 VARIANTS = ("fresh", "kept")
 FLAGS = {"fresh": ["--idle-cache-tokens", "0"], "kept": ["--idle-cache-tokens", "8192"]}
@@ -136,40 +136,27 @@ def main() -> None:
     images = {1000 * c + t: png_data_url(picture(1000 * c + t)) for c in range(max(counts)) for t in range(args.turns)}
     servers = {variant: Server(model, variant, folder, ["--max-rows", "16", *FLAGS[variant]]) for variant in VARIANTS}
     print(f"model saved in {model}; servers' logs in {folder}", flush=True)
-    try:
-        for server in servers.values():  # untimed: first calls, allocator, threads
-            one_run(server.url, 2, 2, 4, images)
-        runs: list[dict] = []
-        answers: dict[str, dict[str, str]] = {}
-        for round_ in range(args.rounds):
-            for k, clients in enumerate(counts):
-                order = VARIANTS if (round_ + k) % 2 == 0 else VARIANTS[::-1]
-                for variant in order:
-                    figures, got = one_run(servers[variant].url, clients, args.turns, args.max_tokens, images)
-                    runs.append({"round": round_, "variant": variant, **figures})
-                    answers[f"{variant}/{round_}/{clients}"] = got
-                    ttft = " ".join(f"{t * 1000:4.0f}" for t in figures["ttft_p50_s_by_turn"])
-                    print(
-                        f"round {round_} {clients:>2} clients {variant:>5}: {figures['tokens_per_s']:6.1f} tok/s  "
-                        f"TTFT p50 by turn (ms) {ttft}  cached {figures['cached_tokens']}/{figures['prompt_tokens']}",
-                        flush=True,
-                    )
-    finally:
-        for server in servers.values():
-            server.stop()
 
-    by_request: dict[str, set[str]] = {}
-    for got in answers.values():
-        for key, text in got.items():
-            by_request.setdefault(key, set()).add(text)
-    differing = sorted(key for key, texts in by_request.items() if len(texts) > 1)
+    def show(figures: dict) -> str:
+        ttft = " ".join(f"{t * 1000:4.0f}" for t in figures["ttft_p50_s_by_turn"])
+        return (
+            f"{figures['tokens_per_s']:6.1f} tok/s  TTFT p50 by turn (ms) {ttft}  "
+            f"cached {figures['cached_tokens']}/{figures['prompt_tokens']}"
+        )
 
-    def run_of(round_: int, clients: int, variant: str) -> dict:
-        return next(r for r in runs if (r["round"], r["clients"], r["variant"]) == (round_, clients, variant))
+    runs, answers = interleaved(
+        servers,
+        counts,
+        args.rounds,
+        lambda url, clients: one_run(url, clients, args.turns, args.max_tokens, images),
+        show,
+        lambda url: one_run(url, 2, 2, 4, images),
+    )
+    turns, differing = differing_answers(answers)
 
     table = []
     for clients in counts:
-        pairs = [[run_of(r, clients, v) for v in VARIANTS] for r in range(args.rounds)]
+        pairs = [[run_of(runs, r, clients, v) for v in VARIANTS] for r in range(args.rounds)]
         row: dict = {"clients": clients}
         for i, variant in enumerate(VARIANTS):
             row[f"{variant}_tokens_per_s"] = statistics.median(p[i]["tokens_per_s"] for p in pairs)
@@ -196,7 +183,7 @@ def main() -> None:
         f"prompt tokens the server reported cached: fresh {table[0]['fresh_cached_share']:.0%}, "
         f"kept {table[0]['kept_cached_share']:.0%} ({counts[0]} client(s))"
     )
-    print(f"same answers in every variant and round: {not differing} ({len(by_request)} turns)")
+    print(f"same answers in every variant and round: {not differing} ({turns} turns)")
     summary = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "settings": {"clients": counts, "turns": args.turns, "max_tokens": args.max_tokens, "rounds": args.rounds},

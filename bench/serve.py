@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -159,6 +160,51 @@ def one_run(url: str, clients: int, requests: int, max_tokens: int, images: dict
     return figures, answers
 
 
+def interleaved(
+    servers: dict[str, Server],
+    counts: list[int],
+    rounds: int,
+    run: Callable[[str, int], tuple[dict, dict[str, str]]],
+    show: Callable[[dict], str],
+    warm: Callable[[str], object],
+) -> tuple[list[dict], dict[str, dict[str, str]]]:
+    """Every client count on every server (variant), ``rounds`` times: per round and count the variants back to back,
+    in alternating order, ``run(url, clients)`` giving a run's figures and its answers by request; each run printed
+    with ``show``, after an untimed ``warm(url)`` of each server (first calls, allocator, threads). The servers are
+    stopped at the end. Returns the runs (figures with round and variant) and the answers by
+    "variant/round/clients"."""
+    variants = list(servers)
+    runs: list[dict] = []
+    answers: dict[str, dict[str, str]] = {}
+    try:
+        for server in servers.values():
+            warm(server.url)
+        for round_ in range(rounds):
+            for k, clients in enumerate(counts):
+                for variant in variants if (round_ + k) % 2 == 0 else variants[::-1]:
+                    figures, got = run(servers[variant].url, clients)
+                    runs.append({"round": round_, "variant": variant, **figures})
+                    answers[f"{variant}/{round_}/{clients}"] = got
+                    print(f"round {round_} {clients:>2} clients {variant:>8}: {show(figures)}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return runs, answers
+
+
+def differing_answers(answers: dict[str, dict[str, str]]) -> tuple[int, list[str]]:
+    """How many requests there were, and those whose answer was not the same in every variant and round."""
+    by_request: dict[str, set[str]] = {}
+    for got in answers.values():
+        for key, text in got.items():
+            by_request.setdefault(key, set()).add(text)
+    return len(by_request), sorted(key for key, texts in by_request.items() if len(texts) > 1)
+
+
+def run_of(runs: list[dict], round_: int, clients: int, variant: str) -> dict:
+    return next(r for r in runs if (r["round"], r["clients"], r["variant"]) == (round_, clients, variant))
+
+
 RATIOS = {  # name: (figure, turns over batching?) - every ratio reads "batching is this many times better"
     "tokens_per_s": ("tokens_per_s", False),
     "requests_per_s": ("requests_per_s", False),
@@ -220,56 +266,43 @@ def main() -> None:
         for variant in VARIANTS
     }
     print(f"model saved in {model}; servers' logs in {folder}", flush=True)
-    try:
-        for server in servers.values():  # untimed: first calls, allocator, threads
-            one_run(server.url, 2, 2, 4, images)
-        runs: list[dict] = []
-        answers: dict[str, dict[str, str]] = {}  # request -> answer, per (variant, round, clients)
-        for round_ in range(args.rounds):
-            for k, clients in enumerate(counts):
-                order = VARIANTS if (round_ + k) % 2 == 0 else VARIANTS[::-1]
-                for variant in order:
-                    figures, got = one_run(servers[variant].url, clients, args.requests, args.max_tokens, images)
-                    runs.append({"round": round_, "variant": variant, **figures})
-                    answers[f"{variant}/{round_}/{clients}"] = got
-                    print(
-                        f"round {round_} {clients:>2} clients {variant:>8}: {figures['tokens_per_s']:7.1f} tok/s "
-                        f"{figures['requests_per_s']:5.2f} req/s  p50 {figures['p50_s']:6.2f} s  p99 "
-                        f"{figures['p99_s']:6.2f} s  TTFT p50 {figures['ttft_p50_s']:5.2f} s"
-                        + (f"  ({figures['errors']} errors)" if figures["errors"] else ""),
-                        flush=True,
-                    )
-    finally:
-        for server in servers.values():
-            server.stop()
 
+    def show(figures: dict) -> str:
+        return (
+            f"{figures['tokens_per_s']:7.1f} tok/s {figures['requests_per_s']:5.2f} req/s  p50 {figures['p50_s']:6.2f} "
+            f"s  p99 {figures['p99_s']:6.2f} s  TTFT p50 {figures['ttft_p50_s']:5.2f} s"
+            + (f"  ({figures['errors']} errors)" if figures["errors"] else "")
+        )
+
+    runs, answers = interleaved(
+        servers,
+        counts,
+        args.rounds,
+        lambda url, clients: one_run(url, clients, args.requests, args.max_tokens, images),
+        show,
+        lambda url: one_run(url, 2, 2, 4, images),
+    )
     # The same request gets the same answer everywhere (greedy, and seeded sampling).
-    by_request: dict[str, set[str]] = {}
-    for got in answers.values():
-        for key, text in got.items():
-            by_request.setdefault(key, set()).add(text)
-    differing = sorted(key for key, texts in by_request.items() if len(texts) > 1)
-
-    def run_of(round_: int, clients: int, variant: str) -> dict:
-        return next(r for r in runs if (r["round"], r["clients"], r["variant"]) == (round_, clients, variant))
+    requests, differing = differing_answers(answers)
 
     table = []
     for clients in counts:
         row: dict = {"clients": clients}
         for variant in VARIANTS:
-            mine = [run_of(r, clients, variant) for r in range(args.rounds)]
+            mine = [run_of(runs, r, clients, variant) for r in range(args.rounds)]
             for figure in ("tokens_per_s", "requests_per_s", "p50_s", "p99_s", "ttft_p50_s", "server_ttft_p50_s"):
                 row[f"{variant}_{figure}"] = statistics.median(m[figure] for m in mine)
         for name, (figure, inverse) in RATIOS.items():
-            pairs = [(run_of(r, clients, v)[figure] for v in VARIANTS) for r in range(args.rounds)]
+            pairs = [(run_of(runs, r, clients, v)[figure] for v in VARIANTS) for r in range(args.rounds)]
             row[f"ratio_{name}"] = statistics.median(t / b if inverse else b / t for t, b in pairs)
         # Scaling: batching's tokens/s at this many clients over one client's, in the same round.
         row["batching_scaling_vs_1_client"] = statistics.median(
-            run_of(r, clients, "batching")["tokens_per_s"] / run_of(r, counts[0], "batching")["tokens_per_s"]
+            run_of(runs, r, clients, "batching")["tokens_per_s"]
+            / run_of(runs, r, counts[0], "batching")["tokens_per_s"]
             for r in range(args.rounds)
         )
         row["turns_scaling_vs_1_client"] = statistics.median(
-            run_of(r, clients, "turns")["tokens_per_s"] / run_of(r, counts[0], "turns")["tokens_per_s"]
+            run_of(runs, r, clients, "turns")["tokens_per_s"] / run_of(runs, r, counts[0], "turns")["tokens_per_s"]
             for r in range(args.rounds)
         )
         table.append(row)
@@ -303,7 +336,8 @@ def main() -> None:
         row["step_alone_scaling"] = ceiling[row["clients"]] / ceiling[first]
         # Against the server before batching: this many clients batched over one client taking turns.
         row["batching_vs_1_client_turns"] = statistics.median(
-            run_of(r, row["clients"], "batching")["tokens_per_s"] / run_of(r, first, "turns")["tokens_per_s"]
+            run_of(runs, r, row["clients"], "batching")["tokens_per_s"]
+            / run_of(runs, r, first, "turns")["tokens_per_s"]
             for r in range(args.rounds)
         )
     print(
@@ -312,7 +346,7 @@ def main() -> None:
     )
     print(
         f"same answers in both variants and every round: {'yes' if not differing else 'NO'} "
-        f"({len(by_request)} requests{', differing: ' + ', '.join(differing[:5]) if differing else ''})"
+        f"({requests} requests{', differing: ' + ', '.join(differing[:5]) if differing else ''})"
     )
     eight = next((row for row in table if row["clients"] == 8), None)
     summary = {
