@@ -185,18 +185,24 @@ class SlowSteps(ChatModel):
         return super().forward_rows(*args, **kwargs)
 
 
+def a_cancelled_row_left_in_the_batch(slow: ChatModel, scheduler, adapter: str, image: int) -> ChatSession:
+    """A session whose stream was closed while its row is still in the (paused) batch: not yet seen cancelled."""
+    session = ChatSession(slow, adapter=adapter)
+    stream = session.send("describe the image", images=[picture(image)], config=GenerationConfig(max_new_tokens=400))
+    next(stream)
+    scheduler.pause()  # the row stays in the batch while the client leaves
+    time.sleep(0.2)  # the step under way (20 ms) ends: the row is still there, not yet seen cancelled
+    stream.close()
+    return session
+
+
 def test_a_turn_sent_before_its_cancelled_row_left_waits_for_its_cache(tmp_path):
     """The next turn of a session can arrive while its previous, cancelled row is still in the batch (it leaves at
     the next step): it waits for the cache to come back instead of continuing a cache still being written."""
     slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one", "two")))
     scheduler = start_batching(slow, max_rows=4)
     try:
-        session = ChatSession(slow, adapter="two")
-        stream = session.send("describe the image", images=[picture(5)], config=GenerationConfig(max_new_tokens=400))
-        next(stream)
-        scheduler.pause()  # the row stays in the batch while the client leaves and asks again
-        time.sleep(0.2)  # the step under way (20 ms) ends: the row is still there, not yet seen cancelled
-        stream.close()
+        session = a_cancelled_row_left_in_the_batch(slow, scheduler, "two", 5)  # ...and it asks again
         greedy = GenerationConfig(max_new_tokens=6)
         replies = []
         asking = threading.Thread(target=lambda: replies.append(session.ask("what color?", config=greedy)))
@@ -224,12 +230,7 @@ def test_a_cache_dropped_while_its_cancelled_row_is_in_the_batch_stays_dropped(t
     slow = SlowSteps.wrap(*model_with_adapters(tmp_path, ("one", "two")))
     scheduler = start_batching(slow, max_rows=4)
     try:
-        session = ChatSession(slow, adapter="one")
-        stream = session.send("describe the image", images=[picture(6)], config=GenerationConfig(max_new_tokens=400))
-        next(stream)
-        scheduler.pause()
-        time.sleep(0.2)  # the step under way ends: the row is still in the batch
-        stream.close()
+        session = a_cancelled_row_left_in_the_batch(slow, scheduler, "one", 6)
         session.drop_cache()
         assert session.cached_tokens == 0 and scheduler.rows == 1
         scheduler.resume()
