@@ -2,8 +2,8 @@
 
 An OpenAI-style client sends the whole conversation at every turn. Two batching servers of bench/chat.py's model
 (``mmgpt serve --no-web``, bench/serve.py's ``Server``): "kept" parks each finished answer's session - its KV cache and
-its images' features - for the request that continues the conversation (the default, ``--idle-cache-tokens 8192``);
-"fresh" keeps nothing (``--idle-cache-tokens 0``: every request encodes every image of its history again and
+its images' features - for the request that continues the conversation (the default, ``--idle-cache-mb 4096``);
+"fresh" keeps nothing (``--idle-cache-mb 0``: every request encodes every image of its history again and
 prefills the whole prompt). Each client (a thread with its own official ``openai`` client) holds one conversation of
 bench/chat.py's ``--turns`` questions (images at turns 1, 3 and 6), greedy, up to ``--max-tokens`` tokens per
 answer, and sends every answer back as received.
@@ -36,7 +36,7 @@ from chat import QUESTIONS, build_chat_model, picture, png_data_url  # bench/ is
 from serve import Server, differing_answers, interleaved, run_of
 
 VARIANTS = ("fresh", "kept")
-FLAGS = {"fresh": ["--idle-cache-tokens", "0"], "kept": ["--idle-cache-tokens", "8192"]}
+FLAGS = {"fresh": ["--idle-cache-mb", "0"], "kept": ["--idle-cache-mb", "4096"]}
 
 
 def conversation(url: str, client: int, turns: int, max_tokens: int, images: dict[int, str]) -> list[dict]:

@@ -10,11 +10,13 @@ import io
 import json
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from mmgpt.chat import ChatSession
 from mmgpt.generate import GenerationConfig
+from mmgpt.model.cache import storage_bytes
 from mmgpt.serve.app import ServeConfig, build_app
 from mmgpt.serve.conversations import IdleConversations, tab_key
 from mmgpt.serve.limits import ServeLimits
@@ -60,8 +62,8 @@ def converse(
     return out
 
 
-def app_with(chat_model, cache_tokens: int):
-    limits = ServeLimits(max_image_pixels=64 * 64, idle_cache_tokens=cache_tokens)
+def app_with(chat_model, cache_bytes: int):
+    limits = ServeLimits(max_image_pixels=64 * 64, idle_cache_bytes=cache_bytes)
     return build_app(chat_model, ServeConfig(web_path=None, limits=limits))
 
 
@@ -99,7 +101,7 @@ def test_a_conversation_sent_again_continues_its_session(chat_model, monkeypatch
         fresh = converse(http, stream=stream)  # a server that keeps nothing: every turn from scratch
     local = as_a_local_session(chat_model)
     encoded = count_encodings(chat_model, monkeypatch)
-    with TestClient(app := app_with(chat_model, 8192)) as http:
+    with TestClient(app := app_with(chat_model, 2**30)) as http:
         kept = converse(http, stream=stream)
     assert [t["text"] for t in kept] == [t["text"] for t in fresh] == [text for text, _ in local]
     assert [t["usage"]["prompt_tokens_details"]["cached_tokens"] for t in fresh] == [0, 0, 0]
@@ -112,24 +114,24 @@ def test_a_conversation_sent_again_continues_its_session(chat_model, monkeypatch
 
 
 def test_an_edited_conversation_misses(chat_model):
-    with TestClient(app := app_with(chat_model, 8192)) as http:
+    with TestClient(app := app_with(chat_model, 2**30)) as http:
         edited = converse(http, answers={0: "something the model did not say"})
     cached = [t["usage"]["prompt_tokens_details"]["cached_tokens"] for t in edited]
     assert cached[1] == 0 and cached[2] > 0  # turn 2 starts afresh; turn 3 continues turn 2's session
     assert app.state.conversations.hits == 1
 
 
-def test_parked_conversations_are_bounded_by_their_cached_positions(chat_model):
-    with TestClient(app := app_with(chat_model, 8192)) as http:
+def test_parked_conversations_are_bounded_by_the_memory_they_hold(chat_model):
+    with TestClient(app := app_with(chat_model, 2**30)) as http:
         converse(http, seed=5)
         converse(http, seed=7)
     conversations = app.state.conversations
-    assert len(conversations) == 2 and 0 < conversations.tokens <= 8192  # each conversation's latest session
-    small = IdleConversations(max_tokens=conversations.tokens - 1)
+    assert len(conversations) == 2 and 0 < conversations.bytes <= 2**30  # each conversation's latest session
+    small = IdleConversations(max_bytes=conversations.bytes - 1)
     for key, session in list(conversations._parked.items()):
         small.park(key, session)
-    assert len(small) == 1 and small.tokens <= small.max_tokens  # the least recently parked left
-    with pytest.raises(ValueError, match="max_tokens=-1 must be >= 0"):
+    assert len(small) == 1 and small.bytes <= small.max_bytes  # the least recently parked left
+    with pytest.raises(ValueError, match="max_bytes=-1 must be >= 0"):
         IdleConversations(-1)
 
 
@@ -143,8 +145,8 @@ def test_browser_tabs_share_the_bound_and_a_tab_whose_cache_was_dropped_answers_
     turns.append(("a", "and its colour?", []))
 
     def run(bound: int) -> tuple[list[tuple[str, int, int]], IdleConversations, int]:
-        """Per turn: the answer, the tokens it reused, the tokens its tab's cache then held; the conversations; how
-        many sessions were parked at the end."""
+        """Per turn: the answer, the tokens it reused, the bytes its tab's session then held; the conversations;
+        how many sessions were parked at the end."""
         conversations = IdleConversations(bound)
         demo = build_demo(chat_model, conversations=conversations)
         respond = next(f.fn for f in demo.fns.values() if f.name == "respond")
@@ -153,13 +155,13 @@ def test_browser_tabs_share_the_bound_and_a_tab_whose_cache_was_dropped_answers_
         try:
             for tab, text, files in turns:
                 *_, (_, _, tabs[tab], _) = respond({"text": text, "files": files}, tabs[tab], "tiny", 0.0, 1.0, 5)
-                out.append((tabs[tab].last.text, tabs[tab].last.reused_tokens, tabs[tab].cached_tokens))
+                out.append((tabs[tab].last.text, tabs[tab].last.reused_tokens, tabs[tab].cached_bytes))
             parked = len(conversations)
         finally:
             demo.cleanup()
         return out, conversations, parked
 
-    unbounded, everything, parked = run(8192)
+    unbounded, everything, parked = run(2**30)
     assert all(reused > 0 for _, reused, _ in unbounded[2:]) and everything.evicted == 0 and parked == 2
     held = [cached for _, _, cached in unbounded]
     one_tab = max(held[:3])
@@ -177,7 +179,7 @@ def test_idle_caches_go_least_recently_used_first_and_tabs_are_held_weakly(chat_
         return session
 
     first, second, third = (session_holding(q) for q in ("one", "two two", "three three three"))
-    conversations = IdleConversations(first.cached_tokens + second.cached_tokens + third.cached_tokens - 1)
+    conversations = IdleConversations(first.cached_bytes + second.cached_bytes + third.cached_bytes - 1)
     conversations.park("api:first", first)
     conversations.park(tab_key(second), second, weak=True)
     assert len(conversations) == 2 and conversations.evicted == 0
@@ -187,7 +189,43 @@ def test_idle_caches_go_least_recently_used_first_and_tabs_are_held_weakly(chat_
     conversations.park(tab_key(second), second, weak=True)
     del second  # the tab let its session go: it leaves the parked ones with it
     conversations.park("api:third", third)
-    assert len(conversations) == 1 and conversations.tokens == third.cached_tokens
-    huge = IdleConversations(third.cached_tokens - 1)
+    assert len(conversations) == 1 and conversations.bytes == third.cached_bytes
+    huge = IdleConversations(third.cached_bytes - 1)
     huge.park("api:third", third)  # a cache over the whole bound is dropped at once
     assert len(huge) == 0 and third.cached_tokens == 0 and huge.evicted == 1
+
+
+def test_a_session_counts_the_memory_its_cache_and_its_images_hold(chat_model):
+    """``cached_bytes``: every buffer once (views of a buffer count as the buffer); the KV cache at least its
+    positions x layers x keys and values, the images' features as encoded; after ``drop_cache`` the features only."""
+    buffer = torch.zeros(10, 4)
+    assert storage_bytes([buffer, buffer[:5], buffer[5:], None]) == 160
+    assert storage_bytes([buffer, torch.zeros(3, dtype=torch.float64)]) == 160 + 24
+    session = ChatSession(chat_model)
+    session.ask("what is it?", images=[Image.open(io.BytesIO(png(9)))], config=GenerationConfig(max_new_tokens=3))
+    features = sum(f.nbytes for f in session._features.values())
+    lm = chat_model.model.language_model.config.get_text_config()
+    per_position = lm.num_hidden_layers * 2 * lm.num_key_value_heads * (lm.hidden_size // lm.num_attention_heads) * 4
+    assert session.cached_bytes >= features + session.cached_tokens * per_position
+    session.drop_cache()
+    assert session.cached_bytes == features > 0 and session.cached_tokens == 0
+
+
+def test_a_tab_with_an_answer_coming_refuses_a_second_turn(chat_model):
+    """Regenerate (or another message) while the tab's answer still streams would run two turns on one session: the
+    second is refused with a toast, and the first ends as it would alone."""
+    demo = build_demo(chat_model, conversations=IdleConversations(2**30))
+    handlers = {f.name: f.fn for f in demo.fns.values()}
+    try:
+        *_, (_, _, session, _) = handlers["respond"]({"text": "hello", "files": []}, None, "tiny", 0.0, 1.0, 4)
+        first = handlers["respond"]({"text": "and then?", "files": []}, session, "tiny", 0.0, 1.0, 6)
+        next(first)  # its turn is running
+        with pytest.warns(UserWarning, match="an answer is still coming in this tab"):
+            refused = list(handlers["regenerate"](session, "tiny", 0.0, 1.0, 6))
+        assert len(refused) == 1 and len(session.turns) == 2
+        *_, (_, history, after, _) = first
+        assert after is session and history[-1]["role"] == "assistant" and session.last.completion_tokens == 6
+        again = list(handlers["regenerate"](session, "tiny", 0.0, 1.0, 6))  # the turn is over: allowed
+        assert len(again) > 1 and session.last.completion_tokens == 6
+    finally:
+        demo.cleanup()

@@ -10,7 +10,7 @@ Legend: T tokens, m images, n features per image, d feature width, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -30,6 +30,14 @@ class ConversationCache:
         self.adapter: str | None = None
         self._media: tuple[tuple[str, ...], Media | None] = ((), None)
         self._pending_media: Media | None = None
+
+    def tensors(self) -> Iterator[torch.Tensor | None]:
+        """Every tensor it holds: the KV cache's and its images' media (for ``storage_bytes``)."""
+        if self.cache is not None:
+            yield from self.cache.tensors()
+        for media in (self._media[1], self._pending_media):
+            if media is not None:
+                yield from media.tensors()
 
     def clear(self) -> None:
         self.cache, self.ids, self.images = None, [], ()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -28,6 +29,7 @@ from mmgpt.data.styles import get_style
 from mmgpt.data.tokenize import SampleDropped, tokenize_prompt
 from mmgpt.detokenize import RowText
 from mmgpt.generate import FinishReason, GenerationConfig, decode, stop_ids_of, stream_text, suppressed_ids
+from mmgpt.model.cache import storage_bytes
 
 
 class ContextOverflowError(ValueError):
@@ -140,6 +142,12 @@ class ChatSession:
     def cached_tokens(self) -> int:
         """Positions its KV cache holds (what the next turn may reuse)."""
         return len(self._cache.ids)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Memory it holds for its next turn: the KV cache, its images' features and what the model derived from
+        them (each buffer once)."""
+        return storage_bytes(itertools.chain(self._cache.tensors(), self._features.values()))
 
     def load_turns(self, turns: Sequence[Turn]) -> None:
         """Replace the history (e.g. an API request's messages); cache and latents stay where still valid."""

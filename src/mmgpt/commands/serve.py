@@ -58,11 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-batching", action="store_true", help="generations take turns on the model instead of batching"
     )
     parser.add_argument(
-        "--idle-cache-tokens",
-        type=int,
-        default=8192,
-        help="KV cache positions kept by conversations between their turns, API requests and browser tabs "
-        "together; the least recently used lose theirs first (0: none)",
+        "--idle-cache-mb",
+        type=float,
+        default=4096.0,
+        help="memory conversations keep between their turns (KV caches, image features), API requests and browser "
+        "tabs together; the least recently used lose their caches first (0: none)",
     )
 
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             max_rows=args.max_rows,
             max_batch_tokens=args.max_batch_tokens,
             prefill_chunk=args.prefill_chunk,
-            idle_cache_tokens=args.idle_cache_tokens,
+            idle_cache_bytes=int(args.idle_cache_mb * 2**20),
         )
         adapters, specs = parse_adapters(args.adapter), parse_models(args.model)
         chat_models = on_a_passing_thread(  # no thread pool of the main thread slowing the scheduler's (CPU)

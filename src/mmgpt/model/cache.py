@@ -7,7 +7,7 @@ Legend: b batch, S tokens so far, m images, n features per image, d feature widt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -120,6 +120,16 @@ def copy_kv(kv: DynamicCache, take: Callable[[torch.Tensor], torch.Tensor], *, r
     return copied
 
 
+def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
+    """Bytes of the memory ``tensors`` hold: each storage once (the views of one buffer count as the buffer)."""
+    storages = {}
+    for tensor in tensors:
+        if tensor is not None:
+            storage = tensor.untyped_storage()
+            storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
 @dataclass
 class Media:
     """Encoded images of a batch: what one forward or one generation looks at.
@@ -136,6 +146,13 @@ class Media:
     @property
     def per_image(self) -> int:
         return self.features.shape[2]
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        """Every tensor it holds (for :func:`storage_bytes`)."""
+        yield self.features
+        yield self.counts
+        for value in self.derived.values():
+            yield from value
 
     @property
     def num_images(self) -> int:
@@ -205,6 +222,16 @@ class ModelCache:
     @property
     def length(self) -> int:
         return self.attention_mask.shape[1]
+
+    def tensors(self) -> Iterator[torch.Tensor | None]:
+        """Every tensor it holds (for :func:`storage_bytes`): the KV cache's, the media's, the counts."""
+        for layer in self.kv.layers:
+            yield getattr(layer, "keys", None)
+            yield getattr(layer, "values", None)
+        if self.media is not None:
+            yield from self.media.tensors()
+        yield self.placeholders_seen
+        yield self.attention_mask
 
     def select(self, rows: torch.Tensor) -> ModelCache:
         """Keep (or repeat) the given batch rows, e.g. to drop finished rows or sample several continuations."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 import tempfile
 import time
 import uuid
@@ -35,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmgpt.chat import ChatSession, ContextOverflowError, InvalidMessageError, Reply
 from mmgpt.data.images import ImageError, ImageTooLargeError, probe_image
-from mmgpt.serve.chat_request import ChatRequest, parse_chat_request, show
+from mmgpt.serve.chat_request import ChatRequest, parse_chat_request, read_json, show
 from mmgpt.serve.conversations import IdleConversations, conversation_key, image_digest
 from mmgpt.serve.errors import (
     APIError,
@@ -50,9 +49,6 @@ from mmgpt.serve.errors import (
 from mmgpt.serve.limits import Admission, ServeLimits
 from mmgpt.serve.metrics import ServerMetrics
 from mmgpt.serve.models import Served, ServedModels
-
-MAX_JSON_DEPTH = 32  # a chat request nests 7 levels; a thousand-deep body is refused before anything recurses
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def add_api(
@@ -82,7 +78,7 @@ def add_api(
     async def chat_completions(request: Request):
         received = time.perf_counter()
         require_key(request, api_key)
-        body = await _read_json(request, limits.max_request_bytes)
+        body = await read_json(request, limits.max_request_bytes)
         parsed = parse_chat_request(body, limits)
         served = _served(models, parsed.model)
         await admission.acquire()
@@ -98,13 +94,15 @@ def add_api(
         headers = {"X-Time-To-First-Token": f"{timing.first_token_s:.4f}"}
         done = functools.partial(_finished, timing, completion_id, parsed, session, history, conversations, metrics)
         if not parsed.stream:
+            failed = True
             try:
                 await anyio.to_thread.run_sync(_drain, stream)
+                failed = False
             finally:
                 stream.close()
                 admission.release()
-            done()
-            return JSONResponse(_completion(completion_id, parsed.model, session.last), headers=headers)
+                reply = done(failed=failed)
+            return JSONResponse(_completion(completion_id, parsed.model, reply), headers=headers)
         return StreamingResponse(
             _events(request, parsed, session, stream, first, admission, completion_id, done),
             media_type="text/event-stream",
@@ -127,53 +125,6 @@ def _served(models: ServedModels, name: str) -> Served:
             code="model_not_found",
         )
     return served
-
-
-async def _read_json(request: Request, limit: int) -> object:
-    too_large = APIError(413, f"the request body is over {limit:,} bytes", code="request_too_large")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    try:
-        body = json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise bad_request(f"the request body is not valid JSON ({error})", code="invalid_json") from None
-    except RecursionError:
-        raise bad_request(
-            f"the request body nests too deep to read; a chat request needs at most {MAX_JSON_DEPTH} levels",
-            code="invalid_json",
-        ) from None
-    _check_strings(body)
-    return body
-
-
-def _check_strings(body: object) -> None:
-    """Refuse bodies nested deeper than MAX_JSON_DEPTH and text with lone UTF-16 surrogates ("\\ud800": JSON allows
-    the escape, UTF-8 and the tokenizers do not). Iterative, so a hostile body cannot exhaust the stack."""
-    stack = [(body, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise bad_request(
-                f"the request body nests more than {MAX_JSON_DEPTH} levels deep; a chat request needs about 7",
-                code="invalid_json",
-            )
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str) and (found := _SURROGATE.search(value)):
-            raise bad_request(
-                f"the request body holds a lone UTF-16 surrogate ({found.group()!r} at character {found.start()} "
-                f"of {show(value)}), which is not text; send valid Unicode (pair surrogates, or use UTF-8)",
-                code="invalid_text",
-            )
 
 
 async def _http_error(_request: Request, error: StarletteHTTPException) -> Response:
@@ -217,36 +168,67 @@ def _start(
     the answer (None: it is empty); return the session (the conversation's parked one when this request continues
     it), the answer's stream, that first piece, and the conversation's content (what it is parked under)."""
     history: list[tuple[str, list[bytes], str | None]] = []  # per turn: text, image digests, answer
-    files: list[list[Path]] = []
     places: dict[str, tuple[int, str]] = {}  # temporary file -> (image number, where in the request)
     with tempfile.TemporaryDirectory(prefix="mmgpt-images-") as folder:
+        files = _image_files(parsed, limits, Path(folder), history, places)
+        key = conversation_key(parsed.model, history[:-1])
+        parked = conversations.take(key)
         try:
-            for user in parsed.turns:
-                paths, digests = [], []
-                for image, where in zip(user.images, user.image_params, strict=True):
-                    data = _fetch(image, limits) if isinstance(image, str) else image
-                    number = len(places) + 1
-                    path = Path(folder) / f"image-{number}"
-                    places[str(path)] = (number, where)
-                    if len(data) > limits.max_image_bytes:
-                        raise APIError(413, f"image {number} ({where}) is over {limits.max_image_bytes:,} bytes")
-                    # load_image (the one place that decodes images) reads files; this one lives for this call only.
-                    path.write_bytes(data)
-                    probe_image(path, max_pixels=limits.max_image_pixels)  # the server's budget, whatever the model's
-                    paths.append(path)
-                    digests.append(image_digest(data))
-                files.append(paths)
-                history.append((user.text, digests, user.answer))
-            parked = conversations.take(conversation_key(parsed.model, history[:-1]))
             session = parked or ChatSession(served.chat_model, adapter=served.adapter, drop_oldest=False)
             turns = []
             for user, paths in zip(parsed.turns, files, strict=True):
                 turn = session.make_turn(user.text, paths)  # a parked session knows its images: not encoded again
                 turn.answer = user.answer
                 turns.append(turn)
-        except ImageError as error:
-            raise _image_error(error, *places.get(error.path, (0, "messages")), limits) from None
-    session.load_turns(turns)
+            session.load_turns(turns)
+            stream = _respond(session, parsed, limits)
+        except BaseException as error:
+            if parked is not None:
+                conversations.park(key, parked)  # still the conversation's: a corrected retry continues it
+            if isinstance(error, ImageError):
+                raise _image_error(error, *places.get(error.path, (0, "messages")), limits) from None
+            raise
+    try:
+        first = next(stream, None)  # errors of the first step still get a status of their own
+    except BaseException:
+        stream.close()
+        raise
+    return session, stream, first, history
+
+
+def _image_files(
+    parsed: ChatRequest,
+    limits: ServeLimits,
+    folder: Path,
+    history: list[tuple[str, list[bytes], str | None]],
+    places: dict[str, tuple[int, str]],
+) -> list[list[Path]]:
+    """Each turn's images checked and written to ``folder`` (load_image, the one place that decodes images, reads
+    files); fills ``history`` (text, image digests, answer per turn) and ``places`` (file -> number, where)."""
+    files = []
+    try:
+        for user in parsed.turns:
+            paths, digests = [], []
+            for image, where in zip(user.images, user.image_params, strict=True):
+                data = _fetch(image, limits) if isinstance(image, str) else image
+                number = len(places) + 1
+                path = folder / f"image-{number}"
+                places[str(path)] = (number, where)
+                if len(data) > limits.max_image_bytes:
+                    raise APIError(413, f"image {number} ({where}) is over {limits.max_image_bytes:,} bytes")
+                path.write_bytes(data)
+                probe_image(path, max_pixels=limits.max_image_pixels)  # the server's budget, whatever the model's
+                paths.append(path)
+                digests.append(image_digest(data))
+            files.append(paths)
+            history.append((user.text, digests, user.answer))
+    except ImageError as error:
+        raise _image_error(error, *places.get(error.path, (0, "messages")), limits) from None
+    return files
+
+
+def _respond(session: ChatSession, parsed: ChatRequest, limits: ServeLimits) -> Iterator[str]:
+    """The answer's stream, its budget checked against the context (errors as 400s)."""
     try:
         prompt = session.prompt_length()
         room = session.context_budget - prompt
@@ -256,17 +238,11 @@ def _start(
                 f"the prompt has {prompt} tokens, which leaves no room to answer in the context of "
                 f"{session.context_budget}; shorten the conversation"
             )
-        stream = session.respond(dataclasses.replace(parsed.config, max_new_tokens=max_new))
+        return session.respond(dataclasses.replace(parsed.config, max_new_tokens=max_new))
     except ContextOverflowError as error:
         raise bad_request(str(error), param="messages", code="context_length_exceeded") from None
     except InvalidMessageError as error:
         raise bad_request(str(error), param="messages", code="invalid_content") from None
-    try:
-        first = next(stream, None)  # errors of the first step still get a status of their own
-    except BaseException:
-        stream.close()
-        raise
-    return session, stream, first, history
 
 
 def _finished(
@@ -277,17 +253,22 @@ def _finished(
     history: list[tuple[str, list[bytes], str | None]],
     conversations: IdleConversations,
     metrics: ServerMetrics,
-) -> None:
-    """A request's answer ended: log it, count it, and keep a finished answer's session for the request that
-    continues its conversation."""
+    *,
+    failed: bool = False,
+) -> Reply | None:
+    """A request's answer ended (``failed``: the model raised): log it, count it, and keep a finished answer's
+    session for the request that continues its conversation. Returns the reply (read before the session can be
+    taken by that request)."""
     reply = session.last
     timing.log(completion_id, parsed, reply)
     if reply is None:
-        return
-    metrics.answered(parsed.model, "api", reply, time.perf_counter() - timing.received)
-    if reply.finish_reason in ("stop", "length"):
+        return None
+    end = time.perf_counter() - timing.received
+    metrics.answered(parsed.model, "api", reply, timing.first_token_s, end, failed=failed)
+    if reply.finish_reason in ("stop", "length") and not failed:
         text, digests, _ = history[-1]
         conversations.park(conversation_key(parsed.model, [*history[:-1], (text, digests, reply.text)]), session)
+    return reply
 
 
 def _drain(stream: Iterator[str]) -> None:
@@ -361,7 +342,7 @@ async def _events(
     first: str | None,
     admission: Admission,
     completion_id: str,
-    done: Callable[[], None],
+    done: Callable[..., Reply | None],
 ) -> AsyncIterator[str]:
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time())}
     base["model"] = parsed.model
@@ -370,6 +351,7 @@ async def _events(
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
         return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
 
+    failed = False
     try:
         yield chunk({"role": "assistant", "content": ""})
         if first is not None:
@@ -388,10 +370,11 @@ async def _events(
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(reply)})}\n\n"
         yield "data: [DONE]\n\n"
     except Exception:  # headers are sent: report in the stream, in OpenAI's shape
+        failed = True
         request_id = new_request_id()
         log.exception("request %s: the stream failed", request_id)
         yield f"data: {json.dumps(internal_error(request_id).body())}\n\n"
     finally:
         stream.close()
         admission.release()
-        done()
+        done(failed=failed)

@@ -58,7 +58,7 @@ def build_app(models: ServedModels | ChatModel | Sequence[ChatModel], config: Se
     app.state.scheduler = None
     app.state.admission = admission = Admission(config.limits)  # the API's slots and queue
     # API conversations and browser tabs keep their caches between turns under one bound.
-    app.state.conversations = conversations = IdleConversations(config.limits.idle_cache_tokens)
+    app.state.conversations = conversations = IdleConversations(config.limits.idle_cache_bytes)
     app.state.metrics = metrics = ServerMetrics(models, admission, conversations)
     add_api(
         app,

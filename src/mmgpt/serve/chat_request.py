@@ -1,4 +1,5 @@
-"""An OpenAI chat-completions request body -> the turns, images and sampling settings of a chat.
+"""An OpenAI chat-completions request body -> the turns, images and sampling settings of a chat (``read_json``
+reads the body first: its size, its JSON, its nesting and its text checked).
 
 Checked by hand rather than by a schema library so each refusal names the field, the bad value and the fix, in
 OpenAI's error shape. Accepted: ``messages`` with string content or a list of ``text`` / ``image_url`` parts;
@@ -11,15 +12,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 import reprlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from fastapi import Request
 
 from mmgpt.generate import GenerationConfig
 from mmgpt.serve.errors import APIError, bad_request
 from mmgpt.serve.limits import ServeLimits
 
 MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_JSON_DEPTH = 32  # a chat request nests 7 levels; a thousand-deep body is refused before anything recurses
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SEED_RANGE = (-(2**63), 2**64)  # what torch's generator takes: int64 and uint64 seeds
 _SHOW = reprlib.Repr()
 _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel = 60, 60, 3
@@ -174,3 +181,51 @@ def parse_chat_request(body: Any, limits: ServeLimits) -> ChatRequest:
         stream=bool(body.get("stream", False)),
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
     )
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The request body as JSON: at most ``limit`` bytes, valid text, not nested too deep (each refusal a 4xx)."""
+    too_large = APIError(413, f"the request body is over {limit:,} bytes", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise bad_request(f"the request body is not valid JSON ({error})", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request(
+            f"the request body nests too deep to read; a chat request needs at most {MAX_JSON_DEPTH} levels",
+            code="invalid_json",
+        ) from None
+    _check_strings(body)
+    return body
+
+
+def _check_strings(body: object) -> None:
+    """Refuse bodies nested deeper than MAX_JSON_DEPTH and text with lone UTF-16 surrogates ("\\ud800": JSON allows
+    the escape, UTF-8 and the tokenizers do not). Iterative, so a hostile body cannot exhaust the stack."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(
+                f"the request body nests more than {MAX_JSON_DEPTH} levels deep; a chat request needs about 7",
+                code="invalid_json",
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and (found := _SURROGATE.search(value)):
+            raise bad_request(
+                f"the request body holds a lone UTF-16 surrogate ({found.group()!r} at character {found.start()} "
+                f"of {show(value)}), which is not text; send valid Unicode (pair surrogates, or use UTF-8)",
+                code="invalid_text",
+            )

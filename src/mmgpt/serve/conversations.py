@@ -1,7 +1,8 @@
-"""Conversations between their turns: the KV caches they keep, bounded together.
+"""Conversations between their turns: the caches they keep, bounded together.
 
-A conversation waiting for its next message holds its session's KV cache (and its images' features), so the next
-turn prefills only what is new. The server keeps those caches for two kinds of clients, under one bound:
+A conversation waiting for its next message holds its session's KV cache, its images' features and what the model
+derived from them (Flamingo's projected keys/values), so the next turn prefills only what is new. The server keeps
+those for two kinds of clients, under one bound:
 
 - **API conversations.** An OpenAI-style client sends the whole conversation at every turn. When a request's answer
   ends, its session is parked under the content of the conversation it now holds (every turn's text, its images'
@@ -9,14 +10,15 @@ turn prefills only what is new. The server keeps those caches for two kinds of c
   is exactly that (the client sends the answer back, text unchanged up to surrounding whitespace) takes the session
   and goes on from it: only its new message is encoded and prefilled. A conversation edited anywhere, another model,
   or one evicted simply misses (a fresh session).
-- **Browser tabs.** Each tab owns its session; between its turns the session is parked under :func:`tab_key`, so its
-  cache counts against the bound and may be dropped.
+- **Browser tabs.** Each tab owns its session; between its turns the session is parked under :func:`tab_key` (by
+  weak reference: a tab gradio frees leaves), so its cache counts against the bound and may be dropped.
 
 What stays valid of a cache is still decided by the session (``ConversationCache.reuse``), so a key that matched
 wrongly could cost time, never change an answer. A parked session is taken out while a turn uses it, so an eviction
-never touches a running turn. Memory is bounded by the positions the parked caches hold (``max_tokens``): the least
-recently parked lose their cache first (``ChatSession.drop_cache``: an API session is then forgotten, a tab keeps its
-history and prefills it again at its next turn); 0 keeps no cache between turns.
+never touches a running turn. Memory is bounded by the bytes the parked sessions hold (``max_bytes``,
+``ChatSession.cached_bytes``): the least recently parked lose their cache first (``ChatSession.drop_cache``: an API
+session is then forgotten; a tab keeps its history and its images' features - small beside a KV cache - and prefills
+the history again at its next turn); 0 keeps no cache between turns.
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ def image_digest(data: bytes) -> bytes:
 def conversation_key(model: str, turns: Sequence[tuple[str, Sequence[bytes], str | None]]) -> str:
     """The key of a conversation: the served model's name and, per turn, (text, its images' :func:`image_digest`,
     answer)."""
-    digest = hashlib.sha256(model.encode())
+    digest = hashlib.sha256()
+
+    def field(kind: bytes, data: bytes) -> None:  # length-prefixed: no text can pass for another split
+        digest.update(kind + len(data).to_bytes(8, "big") + data)
+
+    field(b"model", model.encode())
     for text, images, answer in turns:
-        digest.update(b"\x00turn\x00" + text.strip().encode())
+        field(b"turn", text.strip().encode())
         for image in images:
-            digest.update(b"\x00image\x00" + image)
-        digest.update(b"\x00answer\x00" + (answer or "").strip().encode())
+            field(b"image", image)
+        field(b"answer", (answer or "").strip().encode())
     return digest.hexdigest()
 
 
@@ -54,53 +61,70 @@ def tab_key(session: ChatSession) -> str:
 class IdleConversations:
     """Sessions between their turns, by key (:func:`conversation_key` or :func:`tab_key`); thread-safe."""
 
-    def __init__(self, max_tokens: int) -> None:
-        if max_tokens < 0:
-            raise ValueError(f"max_tokens={max_tokens} must be >= 0 (0: keep no cache between turns)")
-        self.max_tokens = max_tokens
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes={max_bytes} must be >= 0 (0: keep no cache between turns)")
+        self.max_bytes = max_bytes
         # key -> the session, or a weak reference to one its owner (a tab) holds
         self._parked: OrderedDict[str, ChatSession | weakref.ref[ChatSession]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
+        # Reentrant: a tab's turn ended by the garbage collector (its generator finalised) may park while this
+        # thread is parking - every pass below works on a snapshot.
+        self._lock = threading.RLock()
+        self.hits = 0  # API requests that continued a kept conversation
         self.evicted = 0
 
     def take(self, key: str) -> ChatSession | None:
         """The session parked under ``key``, taken out while its turn runs (None: none)."""
         with self._lock:
-            session = _session(self._parked.pop(key, None))
-            self.hits += session is not None
+            entry = self._parked.pop(key, None)
+            session = _session(entry)
+            self.hits += session is not None and not isinstance(entry, weakref.ref)
             return session
 
     def park(self, key: str, session: ChatSession, *, weak: bool = False) -> None:
         """Keep ``session`` under ``key`` until its next turn takes it (``weak``: its owner keeps it - a browser tab -
-        and when the owner lets it go, so does this). While the caches parked hold more than the bound, the least
-        recently parked lose theirs; a cache over the whole bound is dropped at once."""
+        and when the owner lets it go, so does this). While the sessions parked hold more than the bound, the least
+        recently parked lose their caches; a session over the whole bound loses its cache at once."""
         with self._lock:
             self._parked.pop(key, None)
-            if session.cached_tokens > self.max_tokens:
-                session.drop_cache()
-                self.evicted += 1
-                return
-            self._parked[key] = weakref.ref(session) if weak else session
-            for gone in [k for k, entry in self._parked.items() if _session(entry) is None]:
-                del self._parked[gone]
-            while self._tokens() > self.max_tokens:
-                _, oldest = self._parked.popitem(last=False)
-                if (evicted := _session(oldest)) is not None:
-                    evicted.drop_cache()
-                    self.evicted += 1
+            held = {k: s.cached_bytes for k, s in self._live() if k != key}
+            mine = session.cached_bytes
+            victims = []
+            if mine > self.max_bytes:
+                victims.append(session)
+            else:
+                self._parked[key] = weakref.ref(session) if weak else session
+                total = mine + sum(held.values())
+                for oldest, size in held.items():
+                    if total <= self.max_bytes:
+                        break
+                    victims.append(_session(self._parked.pop(oldest)))
+                    total -= size
+            self.evicted += sum(victim is not None for victim in victims)
+        for victim in victims:  # outside the lock: dropping frees memory (and may run finalisers)
+            if victim is not None:
+                victim.drop_cache()
 
     @property
-    def tokens(self) -> int:
-        """Positions the parked caches hold."""
+    def bytes(self) -> int:
+        """Memory the parked sessions hold."""
         with self._lock:
-            return self._tokens()
-
-    def _tokens(self) -> int:
-        return sum(session.cached_tokens for session in map(_session, self._parked.values()) if session is not None)
+            return sum(session.cached_bytes for _, session in self._live())
 
     def __len__(self) -> int:
-        return len(self._parked)
+        with self._lock:
+            return len(self._live())
+
+    def _live(self) -> list[tuple[str, ChatSession]]:
+        """The parked sessions, least recently parked first; entries of tabs gone are removed."""
+        live = []
+        for key, entry in list(self._parked.items()):
+            session = _session(entry)
+            if session is None:
+                self._parked.pop(key, None)
+            else:
+                live.append((key, session))
+        return live
 
 
 def _session(entry: ChatSession | weakref.ref[ChatSession] | None) -> ChatSession | None:

@@ -36,7 +36,7 @@ class ServeLimits:
     max_waiting: int | None = None
     queue_timeout_s: float = 60.0  # a request queued longer gets 503
     default_max_tokens: int = 256
-    idle_cache_tokens: int = 8192  # KV positions conversations keep between their turns, API and web (0: none)
+    idle_cache_bytes: int = 4 * 2**30  # what conversations keep between their turns, API and web (0: nothing)
 
     def __post_init__(self) -> None:
         if self.max_active is None:
@@ -47,8 +47,8 @@ class ServeLimits:
         for name in (*names, "max_batch_tokens", "prefill_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.idle_cache_tokens < 0:
-            raise ValueError(f"idle_cache_tokens={self.idle_cache_tokens} must be >= 0 (0: no cache between turns)")
+        if self.idle_cache_bytes < 0:
+            raise ValueError(f"idle_cache_bytes={self.idle_cache_bytes} must be >= 0 (0: no cache between turns)")
         if self.max_waiting < 0 or self.queue_timeout_s <= 0:
             raise ValueError(f"max_waiting={self.max_waiting} must be >= 0 and queue_timeout_s > 0")
 

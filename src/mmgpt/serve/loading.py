@@ -100,7 +100,7 @@ def on_a_passing_thread(fn: Callable[[], T]) -> T:
         except BaseException as error:  # re-raised on the caller's thread
             box["error"] = error
 
-    thread = threading.Thread(target=run, name="mmgpt-load")
+    thread = threading.Thread(target=run, name="mmgpt-load", daemon=True)  # Ctrl-C while loading ends the process
     thread.start()
     thread.join()
     if "error" in box:

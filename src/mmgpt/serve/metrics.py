@@ -59,14 +59,18 @@ class ServerMetrics:
         )
         self.registry.register(_ServerState(models, admission, conversations))
 
-    def answered(self, model: str, source: str, reply: Reply, seconds: float) -> None:
-        """A turn of ``model`` from ``source`` ("api" or "web") ended with ``reply`` after ``seconds``."""
-        self._turns.labels(model, source, reply.finish_reason).inc()
+    def answered(
+        self, model: str, source: str, reply: Reply, first_token: float | None, seconds: float, *, failed: bool = False
+    ) -> None:
+        """A turn of ``model`` from ``source`` ("api" or "web") ended with ``reply`` (``failed``: the model raised;
+        counted as finish reason "error"); its first piece of answer came ``first_token`` seconds after the turn
+        arrived (None: none came) - queueing, images and prefill included - its end after ``seconds``."""
+        self._turns.labels(model, source, "error" if failed else reply.finish_reason).inc()
         self._prompt.labels(model, source).inc(reply.prompt_tokens)
         self._cached.labels(model, source).inc(reply.reused_tokens)
         self._completion.labels(model, source).inc(reply.completion_tokens)
-        if reply.seconds_to_first_token is not None:
-            self._first_token.labels(model, source).observe(reply.seconds_to_first_token)
+        if first_token is not None:
+            self._first_token.labels(model, source).observe(first_token)
         self._answer.labels(model, source).observe(seconds)
 
     def exposition(self) -> bytes:
@@ -98,7 +102,7 @@ class _ServerState(Collector):
                 steps.add_metric([chat_model.name], scheduler.steps)
         yield from (rows, queued, steps)
         yield GaugeMetricFamily(
-            "mmgpt_idle_cache_tokens", "Cached positions conversations keep between turns", value=conversations.tokens
+            "mmgpt_idle_cache_bytes", "Memory conversations keep between turns", value=conversations.bytes
         )
         yield GaugeMetricFamily(
             "mmgpt_idle_conversations", "Conversations waiting for their next turn", value=len(conversations)

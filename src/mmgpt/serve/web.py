@@ -18,10 +18,12 @@ opens on the first one.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -87,7 +89,7 @@ def build_demo(
     answer is counted in ``metrics`` when given."""
     models = ServedModels.of(models)
     if conversations is None:
-        conversations = IdleConversations(ServeLimits().idle_cache_tokens)
+        conversations = IdleConversations(ServeLimits().idle_cache_bytes)
     names, selected = models.names, models.default
     first = models.chat_models[0]
     if title is None:  # one model: the system whose template it answers in; several: the framework
@@ -125,11 +127,29 @@ def build_demo(
         gr.Warning(shown(message))
         return box if box is not None else gr.skip(), history_of(session), session, session.prompt_text()
 
-    def taken(session: ChatSession | None, model: str) -> ChatSession:
-        """The tab's session for a turn, out of the idle conversations while the turn runs."""
+    answering: set[int] = set()  # ids of the tabs' sessions with a turn running
+    answering_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def turn_of(session: ChatSession | None, model: str) -> Iterator[ChatSession | None]:
+        """The tab's session for one turn (None: the tab already has a turn running - a second one would share its
+        session), out of the idle conversations until the turn ends, then parked again."""
         if session is not None:
+            with answering_lock:
+                if id(session) in answering:
+                    yield None
+                    return
+                answering.add(id(session))
             conversations.take(tab_key(session))
-        return session_for(session, model)
+        current = session
+        try:
+            current = session_for(session, model)
+            yield current
+        finally:
+            if session is not None:
+                with answering_lock:
+                    answering.discard(id(session))
+            conversations.park(tab_key(current), current, weak=True)
 
     def stream_answer(session: ChatSession, stream: Iterator[str], model: str, started: float) -> Iterator[tuple]:
         for notice in session.notices:
@@ -138,26 +158,33 @@ def build_demo(
         history = history_of(session)
         history.append({"role": "assistant", "content": ""})
         yield gr.MultimodalTextbox(value=None), history, session, session.prompt_text()
+        first_token, failed = None, False
         try:
             for delta in stream:
+                first_token = first_token or time.perf_counter() - started
                 history[-1]["content"] += shown(delta)
                 yield gr.MultimodalTextbox(value=None), history, session, session.prompt_text()
         except Exception:  # the model failed mid-answer: say so, keep the partial answer, stay usable
+            failed = True
             log.exception("the demo's generation failed")
             yield unchanged(session, "the answer stopped: the model failed (the server's log has the details)")
             return
         finally:
             stream.close()  # a tab gone mid-answer: its row leaves the batch now
             if metrics is not None and session.last is not None:
-                metrics.answered(model, "web", session.last, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                metrics.answered(model, "web", session.last, first_token, seconds, failed=failed)
         yield gr.MultimodalTextbox(value=None), history_of(session), session, session.prompt_text()
 
+    busy = "an answer is still coming in this tab; wait for it (or reload the page) before sending another"
+
     def respond(message: dict, session: ChatSession | None, model: str, temperature, top_p, max_tokens):
-        started, session = time.perf_counter(), taken(session, model)
-        try:
-            yield from answer(session, message, model, started, temperature, top_p, max_tokens)
-        finally:
-            conversations.park(tab_key(session), session, weak=True)
+        started = time.perf_counter()
+        with turn_of(session, model) as current:
+            if current is None:
+                yield unchanged(session, busy)
+                return
+            yield from answer(current, message, model, started, temperature, top_p, max_tokens)
 
     def answer(session: ChatSession, message: dict, model: str, started: float, temperature, top_p, max_tokens):
         text = (message or {}).get("text", "").strip()
@@ -179,19 +206,20 @@ def build_demo(
         yield from stream_answer(session, stream, model, started)
 
     def regenerate(session: ChatSession | None, model: str, temperature, top_p, max_tokens):
-        started, session = time.perf_counter(), taken(session, model)
-        try:
-            if not session.turns:
-                yield unchanged(session, "nothing to regenerate yet")
+        started = time.perf_counter()
+        with turn_of(session, model) as current:
+            if current is None:
+                yield unchanged(session, busy)
+                return
+            if not current.turns:
+                yield unchanged(current, "nothing to regenerate yet")
                 return
             try:
-                stream = session.regenerate(config(temperature, top_p, max_tokens))
+                stream = current.regenerate(config(temperature, top_p, max_tokens))
             except (InvalidMessageError, ContextOverflowError) as error:
-                yield unchanged(session, str(error))
+                yield unchanged(current, str(error))
                 return
-            yield from stream_answer(session, stream, model, started)
-        finally:
-            conversations.park(tab_key(session), session, weak=True)
+            yield from stream_answer(current, stream, model, started)
 
     def undo(session: ChatSession | None):
         if session is not None:
