@@ -15,6 +15,10 @@ interleaved - per round, per client count, both run back to back in alternating 
 (the machine is shared and noisy; ratios of runs next to each other are what to read). Every request's answer must
 be the same in both variants and every round (greedy and seeded).
 
+Before the servers start, two ceilings in this process: the model's decode step alone at each number of rows, and
+the same requests through the batching scheduler with no server (sessions in threads): what is lost between those
+and the server is serving's own cost (HTTP, JSON, the event loop, the clients - on a CPU, sharing the cores).
+
 Prints the runs, a table of medians over rounds with the per-pair ratios, and - as the last line - one JSON object.
 
     python bench/serve.py [--clients 1,2,4,8,16] [--requests 3] [--max-tokens 32] [--rounds 3]
@@ -237,6 +241,51 @@ def step_ceiling(chat, rows: list[int], cached: int = 100, steps: int = 25) -> d
     return ceiling
 
 
+def scheduler_alone(chat, counts: list[int], requests: int, max_tokens: int, pictures: dict) -> dict[int, float]:
+    """The server's requests (the same texts, images, sampling settings and budgets as :func:`request`'s) through
+    the model's batching scheduler in this process - each client a thread with a ChatSession, no HTTP, no JSON, no
+    client parsing: tokens/s at each number of clients (after an untimed run), what the server would give if serving
+    cost nothing. Call it from a thread that has run no parallel tensor operation (serve/loading.py says why)."""
+    from mmgpt.chat import ChatSession, start_batching, stop_batching
+    from mmgpt.generate import GenerationConfig
+
+    start_batching(chat, max_rows=16)
+    try:
+        rates = {}
+        for clients in [min(counts), *counts]:  # the first untimed: first calls, allocator, threads
+            tokens: list[int] = []
+            start_line = threading.Barrier(clients + 1)
+
+            def client(index: int, tokens: list[int], start_line: threading.Barrier) -> None:
+                start_line.wait()
+                for number in range(requests):
+                    sampled = number % 2 == 1  # as request(): seeded sampling every other time, an image too
+                    config = GenerationConfig(
+                        max_new_tokens=max_tokens,
+                        temperature=0.8 if sampled else 0.0,
+                        top_p=0.95 if sampled else 1.0,
+                        seed=1000 * index + number if sampled else None,
+                    )
+                    images = [pictures[100 + 10 * index + number]] if (index + number) % 2 == 0 else []
+                    session = ChatSession(chat)
+                    text = f"Client {index}, question {number}: describe what you see, please."
+                    for _ in session.send(text, images=images, config=config):
+                        pass
+                    tokens.append(session.last.completion_tokens)
+
+            threads = [threading.Thread(target=client, args=(i, tokens, start_line)) for i in range(clients)]
+            for thread in threads:
+                thread.start()
+            start_line.wait()
+            started = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            rates[clients] = sum(tokens) / (time.perf_counter() - started)  # the untimed one is overwritten
+        return rates
+    finally:
+        stop_batching(chat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,2,4,8,16", help="client counts, comma-separated")
@@ -251,16 +300,23 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="mmgpt-bench-serve-"))
     from mmgpt.model.checkpoints.ours import save_pretrained
+    from mmgpt.serve.loading import on_a_passing_thread
 
-    chat = build_chat_model("following", args.size)
-    chat.model.to(getattr(torch, args.dtype))
-    model = save_pretrained(chat.model, chat.tokenizer, folder / "bench")  # served as model "bench"
-    chat.model.to(args.device)
-    ceiling = step_ceiling(chat, counts)
+    def prepare() -> tuple:
+        chat = build_chat_model("following", args.size)
+        chat.model.to(getattr(torch, args.dtype))
+        model = save_pretrained(chat.model, chat.tokenizer, folder / "bench")  # served as model "bench"
+        chat.model.to(args.device)
+        pictures = {100 + 10 * c + n: picture(100 + 10 * c + n) for c in range(max(counts)) for n in range(9)}
+        return chat, model, step_ceiling(chat, counts), pictures
+
+    # Tensor work on a thread that ends: no OpenMP pool left on this one to slow the scheduler's (serve/loading.py).
+    chat, model, ceiling, pictures = on_a_passing_thread(prepare)
+    in_process = scheduler_alone(chat, counts, args.requests, args.max_tokens, pictures)
     del chat
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    images = {100 + 10 * c + n: png_data_url(picture(100 + 10 * c + n)) for c in range(max(counts)) for n in range(9)}
+    images = {key: png_data_url(image) for key, image in pictures.items()}
     servers = {
         variant: Server(model, variant, folder, FLAGS[variant], device=args.device, dtype=args.dtype)
         for variant in VARIANTS
@@ -331,9 +387,15 @@ def main() -> None:
         "the model's decode step alone (no server), tokens/s by rows: "
         + ", ".join(f"{b}: {ceiling[b]:.0f} ({ceiling[b] / ceiling[first]:.2f}x)" for b in counts)
     )
+    print(
+        "the scheduler alone (this process: sessions in threads, no HTTP), tokens/s by clients: "
+        + ", ".join(f"{b}: {in_process[b]:.0f} ({in_process[b] / in_process[first]:.2f}x)" for b in counts)
+    )
     for row in table:
         row["step_alone_tokens_per_s"] = ceiling[row["clients"]]
         row["step_alone_scaling"] = ceiling[row["clients"]] / ceiling[first]
+        row["scheduler_alone_tokens_per_s"] = in_process[row["clients"]]
+        row["scheduler_alone_scaling"] = in_process[row["clients"]] / in_process[first]
         # Against the server before batching: this many clients batched over one client taking turns.
         row["batching_vs_1_client_turns"] = statistics.median(
             run_of(runs, r, row["clients"], "batching")["tokens_per_s"]
