@@ -254,10 +254,17 @@ def scheduler_alone(chat, counts: list[int], requests: int, max_tokens: int, pic
         rates = {}
         for clients in [min(counts), *counts]:  # the first untimed: first calls, allocator, threads
             tokens: list[int] = []
+            errors: list[BaseException] = []
             start_line = threading.Barrier(clients + 1)
 
-            def client(index: int, tokens: list[int], start_line: threading.Barrier) -> None:
+            def client(index: int, tokens: list[int], start_line: threading.Barrier, errors: list) -> None:
                 start_line.wait()
+                try:
+                    ask(index, tokens)
+                except BaseException as error:
+                    errors.append(error)
+
+            def ask(index: int, tokens: list[int]) -> None:
                 for number in range(requests):
                     sampled = number % 2 == 1  # as request(): seeded sampling every other time, an image too
                     config = GenerationConfig(
@@ -273,13 +280,15 @@ def scheduler_alone(chat, counts: list[int], requests: int, max_tokens: int, pic
                         pass
                     tokens.append(session.last.completion_tokens)
 
-            threads = [threading.Thread(target=client, args=(i, tokens, start_line)) for i in range(clients)]
+            threads = [threading.Thread(target=client, args=(i, tokens, start_line, errors)) for i in range(clients)]
             for thread in threads:
                 thread.start()
             start_line.wait()
             started = time.perf_counter()
             for thread in threads:
                 thread.join()
+            if errors:
+                raise RuntimeError(f"the scheduler alone failed with {clients} clients") from errors[0]
             rates[clients] = sum(tokens) / (time.perf_counter() - started)  # the untimed one is overwritten
         return rates
     finally:

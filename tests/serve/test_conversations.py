@@ -128,7 +128,7 @@ def test_parked_conversations_are_bounded_by_the_memory_they_hold(chat_model):
     conversations = app.state.conversations
     assert len(conversations) == 2 and 0 < conversations.bytes <= 2**30  # each conversation's latest session
     small = IdleConversations(max_bytes=conversations.bytes - 1)
-    for key, session in list(conversations._parked.items()):
+    for key, session in conversations._live():
         small.park(key, session)
     assert len(small) == 1 and small.bytes <= small.max_bytes  # the least recently parked left
     with pytest.raises(ValueError, match="max_bytes=-1 must be >= 0"):
@@ -212,20 +212,28 @@ def test_a_session_counts_the_memory_its_cache_and_its_images_hold(chat_model):
 
 
 def test_a_tab_with_an_answer_coming_refuses_a_second_turn(chat_model):
-    """Regenerate (or another message) while the tab's answer still streams would run two turns on one session: the
-    second is refused with a toast, and the first ends as it would alone."""
+    """Regenerate, another message, undo or clear while the tab's answer still streams would work on the session of
+    the running turn: each is refused with a toast - for a tab's first turn too - and the turn ends as alone."""
     demo = build_demo(chat_model, conversations=IdleConversations(2**30))
     handlers = {f.name: f.fn for f in demo.fns.values()}
     try:
-        *_, (_, _, session, _) = handlers["respond"]({"text": "hello", "files": []}, None, "tiny", 0.0, 1.0, 4)
-        first = handlers["respond"]({"text": "and then?", "files": []}, session, "tiny", 0.0, 1.0, 6)
-        next(first)  # its turn is running
-        with pytest.warns(UserWarning, match="an answer is still coming in this tab"):
-            refused = list(handlers["regenerate"](session, "tiny", 0.0, 1.0, 6))
-        assert len(refused) == 1 and len(session.turns) == 2
-        *_, (_, history, after, _) = first
-        assert after is session and history[-1]["role"] == "assistant" and session.last.completion_tokens == 6
-        again = list(handlers["regenerate"](session, "tiny", 0.0, 1.0, 6))  # the turn is over: allowed
-        assert len(again) > 1 and session.last.completion_tokens == 6
+        for prior in (False, True):  # a new tab's first turn; a turn of a tab that has a session already
+            session = None
+            if prior:
+                *_, (_, _, session, _) = handlers["respond"]({"text": "hello", "files": []}, None, "tiny", 0.0, 1.0, 4)
+            running = handlers["respond"]({"text": "and then?", "files": []}, session, "tiny", 0.0, 1.0, 6)
+            _, _, session, _ = next(running)  # its turn is running; gradio now holds this session for the tab
+            turns = len(session.turns)
+            with pytest.warns(UserWarning, match="an answer is still coming in this tab"):
+                refused = list(handlers["regenerate"](session, "tiny", 0.0, 1.0, 6))
+            with pytest.warns(UserWarning, match="an answer is still coming in this tab"):
+                handlers["undo"](session)
+            with pytest.warns(UserWarning, match="an answer is still coming in this tab"):
+                handlers["clear"](session)
+            assert len(refused) == 1 and len(session.turns) == turns
+            *_, (_, history, after, _) = running
+            assert after is session and history[-1]["role"] == "assistant" and session.last.completion_tokens == 6
+            again = list(handlers["regenerate"](session, "tiny", 0.0, 1.0, 6))  # the turn is over: allowed
+            assert len(again) > 1 and session.last.completion_tokens == 6
     finally:
         demo.cleanup()

@@ -122,11 +122,12 @@ def copy_kv(kv: DynamicCache, take: Callable[[torch.Tensor], torch.Tensor], *, r
 
 def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
     """Bytes of the memory ``tensors`` hold: each storage once (the views of one buffer count as the buffer)."""
-    storages = {}
+    storages: dict[tuple, int] = {}
     for tensor in tensors:
-        if tensor is not None:
+        if tensor is not None and not tensor.is_meta:  # a meta tensor holds no memory
             storage = tensor.untyped_storage()
-            storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+            where = (storage.device, storage.data_ptr())
+            storages[where] = max(storages.get(where, 0), storage.nbytes())
     return sum(storages.values())
 
 
@@ -225,9 +226,9 @@ class ModelCache:
 
     def tensors(self) -> Iterator[torch.Tensor | None]:
         """Every tensor it holds (for :func:`storage_bytes`): the KV cache's, the media's, the counts."""
-        for layer in self.kv.layers:
-            yield getattr(layer, "keys", None)
-            yield getattr(layer, "values", None)
+        for layer in self.kv.layers:  # keys/values are views of a GrowingLayer's buffers: each counts as its buffer
+            for name in ("keys", "values", "key_buffer", "value_buffer"):
+                yield getattr(layer, name, None)
         if self.media is not None:
             yield from self.media.tensors()
         yield self.placeholders_seen

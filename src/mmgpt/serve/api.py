@@ -94,10 +94,12 @@ def add_api(
         headers = {"X-Time-To-First-Token": f"{timing.first_token_s:.4f}"}
         done = functools.partial(_finished, timing, completion_id, parsed, session, history, conversations, metrics)
         if not parsed.stream:
-            failed = True
+            failed = False
             try:
                 await anyio.to_thread.run_sync(_drain, stream)
-                failed = False
+            except Exception:
+                failed = True
+                raise
             finally:
                 stream.close()
                 admission.release()
@@ -182,17 +184,17 @@ def _start(
                 turns.append(turn)
             session.load_turns(turns)
             stream = _respond(session, parsed, limits)
+            try:
+                first = next(stream, None)  # errors of the first step still get a status of their own
+            except BaseException:
+                stream.close()
+                raise
         except BaseException as error:
             if parked is not None:
                 conversations.park(key, parked)  # still the conversation's: a corrected retry continues it
             if isinstance(error, ImageError):
                 raise _image_error(error, *places.get(error.path, (0, "messages")), limits) from None
             raise
-    try:
-        first = next(stream, None)  # errors of the first step still get a status of their own
-    except BaseException:
-        stream.close()
-        raise
     return session, stream, first, history
 
 

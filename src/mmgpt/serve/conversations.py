@@ -65,10 +65,10 @@ class IdleConversations:
         if max_bytes < 0:
             raise ValueError(f"max_bytes={max_bytes} must be >= 0 (0: keep no cache between turns)")
         self.max_bytes = max_bytes
-        # key -> the session, or a weak reference to one its owner (a tab) holds
-        self._parked: OrderedDict[str, ChatSession | weakref.ref[ChatSession]] = OrderedDict()
+        # key -> (the session, or a weak reference to one its owner - a tab - holds; its bytes when parked)
+        self._parked: OrderedDict[str, tuple[ChatSession | weakref.ref[ChatSession], int]] = OrderedDict()
         # Reentrant: a tab's turn ended by the garbage collector (its generator finalised) may park while this
-        # thread is parking - every pass below works on a snapshot.
+        # thread is parking - every pass below works on a snapshot and tolerates entries gone meanwhile.
         self._lock = threading.RLock()
         self.hits = 0  # API requests that continued a kept conversation
         self.evicted = 0
@@ -76,7 +76,7 @@ class IdleConversations:
     def take(self, key: str) -> ChatSession | None:
         """The session parked under ``key``, taken out while its turn runs (None: none)."""
         with self._lock:
-            entry = self._parked.pop(key, None)
+            entry, _ = self._parked.pop(key, (None, 0))
             session = _session(entry)
             self.hits += session is not None and not isinstance(entry, weakref.ref)
             return session
@@ -84,30 +84,32 @@ class IdleConversations:
     def park(self, key: str, session: ChatSession, *, weak: bool = False) -> None:
         """Keep ``session`` under ``key`` until its next turn takes it (``weak``: its owner keeps it - a browser tab -
         and when the owner lets it go, so does this). While the sessions parked hold more than the bound, the least
-        recently parked lose their caches; a session over the whole bound loses its cache at once."""
+        recently parked lose their caches; a session over the whole bound loses its cache at once.
+
+        Each session's size is taken when it is parked (one pass over its tensors, not over every parked session's):
+        a tab whose closed answer's row was still in the batch grows by that answer until its next turn parks it."""
         with self._lock:
             self._parked.pop(key, None)
-            held = {k: s.cached_bytes for k, s in self._live() if k != key}
+            self._live()  # tabs gone leave first
             mine = session.cached_bytes
-            victims = []
             if mine > self.max_bytes:
-                victims.append(session)
-            else:
-                self._parked[key] = weakref.ref(session) if weak else session
-                total = mine + sum(held.values())
-                for oldest, size in held.items():
-                    if total <= self.max_bytes:
-                        break
-                    victims.append(_session(self._parked.pop(oldest)))
-                    total -= size
-            self.evicted += sum(victim is not None for victim in victims)
-        for victim in victims:  # outside the lock: dropping frees memory (and may run finalisers)
-            if victim is not None:
-                victim.drop_cache()
+                session.drop_cache()  # under the lock: a tab's next turn takes it out first, or finds it dropped
+                self.evicted += 1
+                return
+            self._parked[key] = (weakref.ref(session) if weak else session, mine)
+            total = sum(size for _, size in self._parked.values())
+            for oldest in list(self._parked):
+                if total <= self.max_bytes:
+                    break
+                entry, size = self._parked.pop(oldest, (None, 0))
+                total -= size
+                if (victim := _session(entry)) is not None:
+                    victim.drop_cache()
+                    self.evicted += 1
 
     @property
     def bytes(self) -> int:
-        """Memory the parked sessions hold."""
+        """Memory the parked sessions hold now."""
         with self._lock:
             return sum(session.cached_bytes for _, session in self._live())
 
@@ -118,7 +120,7 @@ class IdleConversations:
     def _live(self) -> list[tuple[str, ChatSession]]:
         """The parked sessions, least recently parked first; entries of tabs gone are removed."""
         live = []
-        for key, entry in list(self._parked.items()):
+        for key, (entry, _) in list(self._parked.items()):
             session = _session(entry)
             if session is None:
                 self._parked.pop(key, None)

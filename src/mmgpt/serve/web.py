@@ -128,28 +128,44 @@ def build_demo(
         return box if box is not None else gr.skip(), history_of(session), session, session.prompt_text()
 
     answering: set[int] = set()  # ids of the tabs' sessions with a turn running
-    answering_lock = threading.Lock()
+    # Reentrant: a turn's generator finalised by the garbage collector on this thread may release its session here.
+    answering_lock = threading.RLock()
+
+    def claim(session: ChatSession) -> bool:
+        """Mark ``session`` as having a turn running; False when it already has one."""
+        with answering_lock:
+            if id(session) in answering:
+                return False
+            answering.add(id(session))
+            return True
 
     @contextlib.contextmanager
     def turn_of(session: ChatSession | None, model: str) -> Iterator[ChatSession | None]:
         """The tab's session for one turn (None: the tab already has a turn running - a second one would share its
         session), out of the idle conversations until the turn ends, then parked again."""
+        if session is not None and not claim(session):
+            yield None
+            return
+        claimed = [] if session is None else [session]
         if session is not None:
-            with answering_lock:
-                if id(session) in answering:
-                    yield None
-                    return
-                answering.add(id(session))
             conversations.take(tab_key(session))
-        current = session
+        current = None
         try:
             current = session_for(session, model)
+            if current is not session:  # a new tab's session, or the conversation moved to another model
+                claim(current)
+                claimed.append(current)
             yield current
         finally:
-            if session is not None:
-                with answering_lock:
-                    answering.discard(id(session))
-            conversations.park(tab_key(current), current, weak=True)
+            if current is not None:  # parked before released: a next turn finds it and takes it out
+                conversations.park(tab_key(current), current, weak=True)
+            with answering_lock:
+                for each in claimed:
+                    answering.discard(id(each))
+
+    def busy(session: ChatSession | None) -> bool:
+        with answering_lock:
+            return session is not None and id(session) in answering
 
     def stream_answer(session: ChatSession, stream: Iterator[str], model: str, started: float) -> Iterator[tuple]:
         for notice in session.notices:
@@ -176,13 +192,13 @@ def build_demo(
                 metrics.answered(model, "web", session.last, first_token, seconds, failed=failed)
         yield gr.MultimodalTextbox(value=None), history_of(session), session, session.prompt_text()
 
-    busy = "an answer is still coming in this tab; wait for it (or reload the page) before sending another"
+    still_coming = "an answer is still coming in this tab; wait for it (or reload the page) first"
 
     def respond(message: dict, session: ChatSession | None, model: str, temperature, top_p, max_tokens):
         started = time.perf_counter()
         with turn_of(session, model) as current:
             if current is None:
-                yield unchanged(session, busy)
+                yield unchanged(session, still_coming)
                 return
             yield from answer(current, message, model, started, temperature, top_p, max_tokens)
 
@@ -209,7 +225,7 @@ def build_demo(
         started = time.perf_counter()
         with turn_of(session, model) as current:
             if current is None:
-                yield unchanged(session, busy)
+                yield unchanged(session, still_coming)
                 return
             if not current.turns:
                 yield unchanged(current, "nothing to regenerate yet")
@@ -222,11 +238,16 @@ def build_demo(
             yield from stream_answer(current, stream, model, started)
 
     def undo(session: ChatSession | None):
-        if session is not None:
+        if busy(session):  # the turn it would take back is still being written
+            gr.Warning(still_coming)
+        elif session is not None:
             session.undo()
         return ([], None, "") if session is None else (history_of(session), session, session.prompt_text())
 
     def clear(session: ChatSession | None):
+        if busy(session):
+            gr.Warning(still_coming)
+            return history_of(session), session, session.prompt_text()
         if session is not None:
             session.reset()
         return [], session, ""
