@@ -179,9 +179,12 @@ def test_admission_is_sized_by_the_batch_and_the_demo_answers_concurrently(chat)
     assert (batching.max_active, batching.max_waiting) == (6, 12) and (turns.max_active, turns.max_waiting) == (4, 8)
     assert generation_line(batching) == (
         "generation: batching up to 6 rows (32,768 cached tokens, prefill 256 tokens a step); "
-        "6 requests at once, 12 waiting"
+        "6 requests at once, 12 waiting; 4,096 MiB kept between turns"
     )
-    unbatched = "generation: taking turns on the model (no batching); 4 requests at once, 8 waiting"
+    unbatched = (
+        "generation: taking turns on the model (no batching); 4 requests at once, 8 waiting; 4,096 MiB kept between "
+        "turns"
+    )
     assert generation_line(turns) == unbatched
     demo = build_demo(chat, concurrency_limit=6)
     limits = {f.name: f.concurrency_limit for f in demo.fns.values()}

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def generation_line(limits) -> str:
     """How generations run: ``batching up to 8 rows (32,768 cached tokens, prefill 256 tokens a step); 8 requests
-    at once, 16 waiting``."""
+    at once, 16 waiting; 4,096 MiB kept between turns``."""
     if limits.batching:
         how = (
             f"batching up to {limits.max_rows} rows ({limits.max_batch_tokens:,} cached tokens, prefill "
@@ -130,7 +130,8 @@ def generation_line(limits) -> str:
         )
     else:
         how = "taking turns on the model (no batching)"
-    return f"generation: {how}; {limits.max_active} requests at once, {limits.max_waiting} waiting"
+    kept = f"{limits.idle_cache_bytes / 2**20:,.0f} MiB kept between turns"
+    return f"generation: {how}; {limits.max_active} requests at once, {limits.max_waiting} waiting; {kept}"
 
 
 def log_requests() -> None:
