@@ -75,22 +75,26 @@ def test_two_gloo_ranks_match_one_process_with_the_same_effective_batch(train_co
     two = write_config(tmp_path, train_config, "two", max_steps=4, gradient_accumulation=1)
     subprocess.run(mmgpt("train", str(one), *data), env=ENV, check=True, capture_output=True)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--module"]
-    # In a session of its own, so a hang (seen twice in full local runs, never alone) kills the ranks too and says
-    # what they printed, instead of leaving a rank behind.
-    process = subprocess.Popen(
-        [*launch, "mmgpt", "train", str(two), *data],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = process.communicate(timeout=120)  # about 10 s on 2 cores
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"two gloo ranks did not finish in 120 s; what they printed:\n{stderr[-4000:]}")
+    # In a session of its own, its output in a file (a rank left alive must not hold a pipe open): a hang - seen in
+    # full runs, never alone; a rank stays idle after its weights are written - kills every rank and says what they
+    # printed, instead of leaving a rank behind.
+    log = tmp_path / "ranks.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*launch, "mmgpt", "train", str(two), *data],
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout=120)  # about 10 s on 2 cores
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            subprocess.run(["pkill", "-9", "-f", str(two)], check=False)  # ranks torchrun put in sessions of their own
+            process.wait()
+            pytest.fail(f"two gloo ranks did not finish in 120 s; what they printed:\n{log.read_text()[-4000:]}")
+    stderr = log.read_text()
     assert process.returncode == 0, stderr[-3000:]
     assert_equal_weights(adapter(tmp_path / "one"), adapter(tmp_path / "two"), atol=1e-6)
     state = torch.load(list_checkpoints(tmp_path / "two")[-1] / "trainer_state.pt", weights_only=True)
