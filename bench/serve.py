@@ -85,17 +85,25 @@ class Server:
         self.process.wait(timeout=30)
 
 
-def request(client: int, number: int, max_tokens: int, images: dict[int, str]) -> dict:
-    """The ``number``-th request of ``client``: with an image every other time, seeded sampling every other time."""
+def plan(client: int, number: int) -> tuple[str, int | None, dict]:
+    """The ``number``-th request of ``client``: its text, its image's key (every other time; None: no image) and its
+    sampling settings (seeded sampling every other time, greedy otherwise)."""
     text = f"Client {client}, question {number}: describe what you see, please."
-    content: list[dict] = [{"type": "text", "text": text}]
-    if (client + number) % 2 == 0:
-        content.append({"type": "image_url", "image_url": {"url": images[100 + 10 * client + number]}})
-    body = {"model": "bench", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
-    body.update(stream=True, stream_options={"include_usage": True}, temperature=0)
+    image = 100 + 10 * client + number if (client + number) % 2 == 0 else None
+    sampling = {"temperature": 0.0}
     if number % 2 == 1:
-        body.update(temperature=0.8, top_p=0.95, seed=1000 * client + number)
-    return body
+        sampling = {"temperature": 0.8, "top_p": 0.95, "seed": 1000 * client + number}
+    return text, image, sampling
+
+
+def request(client: int, number: int, max_tokens: int, images: dict[int, str]) -> dict:
+    """The body of :func:`plan`'s request, streamed with its usage."""
+    text, image, sampling = plan(client, number)
+    content: list[dict] = [{"type": "text", "text": text}]
+    if image is not None:
+        content.append({"type": "image_url", "image_url": {"url": images[image]}})
+    body = {"model": "bench", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+    return {**body, "stream": True, "stream_options": {"include_usage": True}, **sampling}
 
 
 def one_run(url: str, clients: int, requests: int, max_tokens: int, images: dict[int, str]) -> tuple[dict, dict]:
@@ -242,7 +250,7 @@ def step_ceiling(chat, rows: list[int], cached: int = 100, steps: int = 25) -> d
 
 
 def scheduler_alone(chat, counts: list[int], requests: int, max_tokens: int, pictures: dict) -> dict[int, float]:
-    """The server's requests (the same texts, images, sampling settings and budgets as :func:`request`'s) through
+    """The server's requests (:func:`plan`'s texts, images and sampling settings, the same budgets) through
     the model's batching scheduler in this process - each client a thread with a ChatSession, no HTTP, no JSON, no
     client parsing: tokens/s at each number of clients (after an untimed run), what the server would give if serving
     cost nothing. Call it from a thread that has run no parallel tensor operation (serve/loading.py says why)."""
@@ -266,17 +274,10 @@ def scheduler_alone(chat, counts: list[int], requests: int, max_tokens: int, pic
 
             def ask(index: int, tokens: list[int]) -> None:
                 for number in range(requests):
-                    sampled = number % 2 == 1  # as request(): seeded sampling every other time, an image too
-                    config = GenerationConfig(
-                        max_new_tokens=max_tokens,
-                        temperature=0.8 if sampled else 0.0,
-                        top_p=0.95 if sampled else 1.0,
-                        seed=1000 * index + number if sampled else None,
-                    )
-                    images = [pictures[100 + 10 * index + number]] if (index + number) % 2 == 0 else []
+                    text, image, sampling = plan(index, number)
+                    config = GenerationConfig(max_new_tokens=max_tokens, **sampling)
                     session = ChatSession(chat)
-                    text = f"Client {index}, question {number}: describe what you see, please."
-                    for _ in session.send(text, images=images, config=config):
+                    for _ in session.send(text, images=[] if image is None else [pictures[image]], config=config):
                         pass
                     tokens.append(session.last.completion_tokens)
 

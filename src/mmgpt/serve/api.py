@@ -169,10 +169,8 @@ def _start(
     """Decode and encode the images, render the conversation, check the context and compute the first piece of
     the answer (None: it is empty); return the session (the conversation's parked one when this request continues
     it), the answer's stream, that first piece, and the conversation's content (what it is parked under)."""
-    history: list[tuple[str, list[bytes], str | None]] = []  # per turn: text, image digests, answer
-    places: dict[str, tuple[int, str]] = {}  # temporary file -> (image number, where in the request)
     with tempfile.TemporaryDirectory(prefix="mmgpt-images-") as folder:
-        files = _image_files(parsed, limits, Path(folder), history, places)
+        files, history, places = _image_files(parsed, limits, Path(folder))
         key = conversation_key(parsed.model, history[:-1])
         parked = conversations.take(key)
         try:
@@ -202,12 +200,13 @@ def _image_files(
     parsed: ChatRequest,
     limits: ServeLimits,
     folder: Path,
-    history: list[tuple[str, list[bytes], str | None]],
-    places: dict[str, tuple[int, str]],
-) -> list[list[Path]]:
+) -> tuple[list[list[Path]], list[tuple[str, list[bytes], str | None]], dict[str, tuple[int, str]]]:
     """Each turn's images checked and written to ``folder`` (load_image, the one place that decodes images, reads
-    files); fills ``history`` (text, image digests, answer per turn) and ``places`` (file -> number, where)."""
-    files = []
+    files): the files per turn, the conversation's content (text, image digests, answer per turn) and where each file
+    came from (file -> image number, place in the request)."""
+    files: list[list[Path]] = []
+    history: list[tuple[str, list[bytes], str | None]] = []
+    places: dict[str, tuple[int, str]] = {}
     try:
         for user in parsed.turns:
             paths, digests = [], []
@@ -226,7 +225,7 @@ def _image_files(
             history.append((user.text, digests, user.answer))
     except ImageError as error:
         raise _image_error(error, *places.get(error.path, (0, "messages")), limits) from None
-    return files
+    return files, history, places
 
 
 def _respond(session: ChatSession, parsed: ChatRequest, limits: ServeLimits) -> Iterator[str]:
