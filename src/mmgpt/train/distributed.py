@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -58,7 +59,13 @@ def init_distributed(env: Mapping[str, str], *, device: str = "auto") -> Distrib
 
 
 def shutdown(ctx: DistributedContext) -> None:
+    """Leave the process group; call it once the run's DDP wrapper is unreachable. Its reducer holds the group too,
+    and a reducer freed after ``destroy_process_group`` frees the group's last reference with the GIL held: gloo's
+    destructor then joins its worker threads while one of them waits for the GIL to free a finished collective's
+    tensors - a deadlock (seen in 3 runs of 10 of the two-rank test). The group's own Python object releases the GIL
+    when it goes, so it must go last."""
     if ctx.enabled and dist.is_initialized():
+        gc.collect()  # a wrapper left in a reference cycle goes now, while the group still holds its own reference
         dist.destroy_process_group()
 
 

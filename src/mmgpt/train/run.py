@@ -6,6 +6,7 @@ from the process, so a test decides what a "rank" is).
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from mmgpt.config import ConfigError
 from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.train.checkpoint import latest_checkpoint, list_checkpoints
 from mmgpt.train.config import TrainConfig
-from mmgpt.train.distributed import init_distributed, shutdown
+from mmgpt.train.distributed import DistributedContext, init_distributed, shutdown
 from mmgpt.train.trainer import Evaluator, Trainer, TrainResult
 
 
@@ -103,10 +104,27 @@ def train(
     checkpoint = prepare_resume(cfg, resume)
     ctx = init_distributed(env or {}, device=cfg.device)
     try:
-        model, tokenizer = load_run_model(cfg)
-        trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=run_evaluators(cfg, evaluators))
-        if checkpoint is not None or resume:
-            trainer.resume(checkpoint)  # says which checkpoint it continued from (or that there was none yet)
-        return trainer.fit(progress_stream=progress_stream)
+        # The trainer lives in _fit's frame, so it and its DDP wrapper are gone before the group is (see shutdown).
+        return _fit(cfg, ctx, checkpoint, resume=resume, evaluators=evaluators, progress_stream=progress_stream)
+    except BaseException as error:
+        if ctx.enabled:  # a failed run's frames hold its trainer: free them before the group goes too
+            traceback.clear_frames(error.__traceback__)
+        raise
     finally:
         shutdown(ctx)
+
+
+def _fit(
+    cfg: TrainConfig,
+    ctx: DistributedContext,
+    checkpoint: Path | None,
+    *,
+    resume: bool | str | None,
+    evaluators: dict[str, Evaluator] | None,
+    progress_stream,
+) -> TrainResult:
+    model, tokenizer = load_run_model(cfg)
+    trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=run_evaluators(cfg, evaluators))
+    if checkpoint is not None or resume:
+        trainer.resume(checkpoint)  # says which checkpoint it continued from (or that there was none yet)
+    return trainer.fit(progress_stream=progress_stream)
