@@ -133,15 +133,14 @@ def _shot_counts(text: str) -> list[int]:
     return counts
 
 
-def _distributed(device: str | None) -> tuple[Any, Any, str]:
+def _in_group(ctx) -> tuple[Any, Any, str]:
     """(shard, barrier, device): under torchrun (WORLD_SIZE > 1) this process's share and the group's barrier, else
     a single shard; the device is ``--device``, or cuda:LOCAL_RANK when CUDA is there, else cpu."""
     from functools import partial
 
     from mmgpt.evaluate.records import Shard
-    from mmgpt.train.distributed import barrier, init_distributed
+    from mmgpt.train.distributed import barrier
 
-    ctx = init_distributed(os.environ, device=device or "auto")
     return Shard(ctx.rank, ctx.world_size), partial(barrier, ctx) if ctx.enabled else None, str(ctx.device)
 
 
@@ -170,6 +169,16 @@ class _Bar:
 
 # ---------------------------------------------------------------------------------------------- actions
 def _evaluate(args: argparse.Namespace, console) -> int:
+    from mmgpt.train.distributed import init_distributed, shutdown
+
+    ctx = init_distributed(os.environ, device=args.device or "auto")
+    try:
+        return _evaluate_in(ctx, args, console)
+    finally:
+        shutdown(ctx)  # every rank leaves the group it joined, rather than tearing it down at the interpreter's exit
+
+
+def _evaluate_in(ctx, args: argparse.Namespace, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mmgpt.evaluate.benchmarks import benchmark
@@ -179,7 +188,7 @@ def _evaluate(args: argparse.Namespace, console) -> int:
 
     bench = benchmark(args.benchmark)
     data, options = _reader_options(args, bench)
-    shard, barrier, device = _distributed(args.device)
+    shard, barrier, device = _in_group(ctx)
     model, tokenizer = _load(args, device)
     fmt = args.prompt
     if fmt == "auto":
