@@ -175,6 +175,22 @@ def test_multi_turn_chat_with_several_images_equals_from_scratch_and_reuses_the_
     assert session.prompt_text().startswith(SYSTEM + "###Human: <Img><ImageHere></Img>###Human: <Img><ImageHere>")
 
 
+def test_the_llama2_release_chats_in_the_head_demos_prompt_and_reuses_the_cache(downloads):
+    chat = ChatModel.wrap(*load_tiny(downloads, llama2=True))
+    session = ChatSession(chat)
+    seed, previous = 0, 0
+    for turn, (text, n_images) in enumerate(SCRIPT):
+        images = [picture(seed := seed + 1) for _ in range(n_images)]
+        reply = session.ask(text, images=images, config=GREEDY)
+        assert (reply.text, reply.completion_tokens) == from_scratch_reply(chat, session)
+        if turn:  # all but the prompt's last token, the lone "▁" of " [/INST] " (the answer's first piece takes it)
+            assert reply.reused_tokens >= previous - 1
+        previous = reply.prompt_tokens
+    assert session.prompt_text().startswith(
+        SYSTEM + "<s>[INST] <Img><ImageHere></Img><s>[INST] <Img><ImageHere></Img> Describe the two pictures. [/INST] "
+    )
+
+
 def test_context_trimming_drops_whole_turns_and_keeps_bos_and_the_system_line(chat):
     system = chat.tokenizer(SYSTEM + "###", add_special_tokens=False).input_ids
     session = ChatSession(chat, context_budget=len(system) + 3 * QUERIES + 40)

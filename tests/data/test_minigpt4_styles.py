@@ -58,7 +58,7 @@ def test_the_styles_are_registered_and_a_training_stage_may_name_one():
     assert {"minigpt4", "minigpt4-stage1", "minigpt4-llama2"} <= set(STYLES)
     assert SYSTEM == SYS
     assert get_style("minigpt4").stop_strings == ("###",) and get_style("minigpt4-stage1").stop_strings == ("\n",)
-    assert get_style("minigpt4-llama2").stop_strings == ()  # EOS ends an answer
+    assert get_style("minigpt4-llama2").stop_strings == ("###",)  # the demo's stop; EOS ends an answer too
     cfg = load_train_config({"model": "m", "data": {}, "run_dir": "r", "prompt_style": "minigpt4-stage1"})
     assert cfg.prompt_style == "minigpt4-stage1"
 
@@ -140,18 +140,41 @@ def test_stage1_is_image_then_caption_and_newline(tokenizer, sp):
     assert style.extract_response(" A cat.\nA dog") == "A cat."
 
 
-def test_llama2_template_and_eos(tokenizer, sp):
+def test_llama2_training_template_and_eos(tokenizer, sp):
     conv = single_turn("What colour is the circle?", "The circle is red.", images=["a.jpg"])
-    style, tok = get_style("minigpt4-llama2"), tokens(tokenizer, "minigpt4-llama2")
+    tok = tokens(tokenizer, "minigpt4-llama2")
     text = "[INST] <Img><ImageHere></Img> What colour is the circle? [/INST] "
-    assert style.render_text(conv, eos="</s>") == text + "The circle is red.</s>"
     sample = tok(conv)
     answer = [*sp.encode("The circle is red."), 2]
     assert sample.input_ids == original(sp, text) + answer
     assert sample.labels == [IGNORE_INDEX] * len(original(sp, text)) + answer
-    follow = conv.with_user_turn("And the square?")
-    assert tok.prompt(follow).input_ids == original(sp, text) + answer + sp.encode("[INST] And the square? [/INST] ")
-    assert style.extract_response(" Red. [INST] more") == "Red."
+
+
+def with_bos_text(sp, text: str) -> list[int]:
+    """The HEAD demo's ``get_context_emb`` with the slow tokenizer: BOS, then each chunk between images on its own,
+    a ``<s>`` in it split out as the BOS id and each piece around it encoded on its own (its own dummy prefix)."""
+    ids = [1]
+    for i, chunk in enumerate(text.split("<ImageHere>")):
+        ids += IMG if i else []
+        for j, piece in enumerate(chunk.split("<s>")):
+            ids += ([1] if j else []) + sp.encode(piece)
+    return ids
+
+
+def test_llama2_generation_is_the_head_demos_prompt(tokenizer, sp):
+    style, tok = get_style("minigpt4-llama2"), tokens(tokenizer, "minigpt4-llama2")
+    first = Conversation([Message("user", "What colour is the circle?", ("a.jpg",))])
+    text1 = SYS + "<s>[INST] <Img><ImageHere></Img> What colour is the circle? [/INST] "
+    assert style.render_text(first) == text1
+    ids, system = tok.prompt(first).input_ids, sp.encode(SYS)
+    assert ids == with_bos_text(sp, text1)
+    assert ids[: 2 + len(system)] == [1, *system, 1]  # BOS, the system line, the demo's "<s>" as the BOS id
+    second = first.with_answer("Red.").with_user_turn("And these?", images=["b.jpg", "c.jpg"])
+    text2 = text1 + "Red.<s>[INST] <Img><ImageHere></Img><s>[INST] <Img><ImageHere></Img> And these? [/INST] "
+    assert style.render_text(second) == text2  # each image its own user message, the question joins the last
+    assert tok.prompt(second).input_ids == with_bos_text(sp, text2)
+    assert style.stop_strings == ("###",)
+    assert style.extract_response(" Red. [INST] more") == "Red." and style.extract_response("Red.###Human") == "Red."
 
 
 def test_extract_response_as_the_demo():

@@ -18,9 +18,16 @@ Three styles, each the rendering the original used at that place:
   tokens spell it (``▁###``, ``##`` + ``#``, ``.###``...): a stop string, matched per row on the decoded text.
 - ``minigpt4-stage1``: stage 1's captions - no prompt at all, ``[BOS][image]`` + caption + ``\\n`` (``end_sym``
   ``\\n``); the instruction of a caption conversation is dropped. Generation: the image alone, stop at ``\\n``.
-- ``minigpt4-llama2`` (the LLaMA-2 release, HEAD ``d94738a``): ``[INST] <Img><ImageHere></Img> {q} [/INST] `` +
-  answer + EOS (``end_sym: "</s>"``), for training and generation alike (the HEAD demo's system line and ``<s>``
-  role strings are not reproduced); EOS ends an answer.
+- ``minigpt4-llama2`` (the LLaMA-2 release, HEAD ``d94738a``). **Training** (``eval_configs/
+  minigpt4_llama2_eval.yaml``'s ``prompt_template``, ``end_sym: "</s>"``): ``[INST] <Img><ImageHere></Img> {q}
+  [/INST] `` + answer + EOS. **Generation**: the HEAD demo's ``CONV_VISION_LLama2`` (roles ``<s>[INST] `` and
+  `` [/INST] ``, no separator)::
+
+      {SYSTEM}<s>[INST] <Img><ImageHere></Img> {q1} [/INST] {a1}<s>[INST] {q2} [/INST]
+
+  The roles write BOS as the text ``<s>``, which the slow tokenizer split out as the BOS id, giving the text after it
+  its own dummy prefix (``mmgpt.llama_tokenizer`` does the same). Images and the question join as in the demo above;
+  generation stops at EOS or ``###`` (the demo's stop ids spell ``###`` for both releases).
 
 Text between two images is one segment, as the original split its prompt on ``<ImageHere>`` and tokenised each
 piece on its own (``data/tokenize.py`` adds the one BOS). The history of a conversation renders to the same text
@@ -46,6 +53,7 @@ IMG_OPEN, IMG_CLOSE = "<Img>", "</Img>"
 IMAGE_HERE = "<ImageHere>"  # how the original wrote an image position in its prompt strings (render_text)
 STAGE1_END = "\n"  # stage 1's end_sym
 INST_OPEN, INST_CLOSE = "[INST] ", " [/INST] "
+LLAMA2_USER = "<s>" + INST_OPEN  # the HEAD demo's user role: BOS written as text
 
 
 class _Segments:
@@ -179,11 +187,12 @@ class MiniGpt4Stage1Style:
 
 @dataclass(frozen=True)
 class MiniGpt4Llama2Style:
-    """MiniGPT-4 for LLaMA-2-chat: ``[INST] {message} [/INST] `` + answer + EOS, for training and generation."""
+    """MiniGPT-4 for LLaMA-2-chat: ``[INST] {message} [/INST] `` + answer + EOS for training, the HEAD demo's
+    ``CONV_VISION_LLama2`` for generation (module docstring)."""
 
     name: str = "minigpt4-llama2"
     system: str = "MiniGPT-4"
-    stop_strings: tuple[str, ...] = ()  # EOS ends an answer; it always stops generation
+    stop_strings: tuple[str, ...] = (SEP,)  # as the demo's stop ids; EOS always ends an answer too
     bos: bool | None = None  # as the tokenizer does
 
     def render(self, conversation: Conversation) -> list[Segment]:
@@ -198,10 +207,25 @@ class MiniGpt4Llama2Style:
 
     def render_prompt(self, conversation: Conversation) -> list[Segment]:
         require_prompt(conversation)
-        return self.render(conversation)
+        return self.render_chat(conversation)
+
+    def render_chat(self, conversation: Conversation) -> list[Segment]:
+        """The demo's ``get_prompt`` with no separator: ``{SYSTEM}``, ``<s>[INST] {message}`` per human message,
+        then `` [/INST] `` and the answer (prompt text here, never trained), or, open, `` [/INST] ``."""
+        out = _Segments()
+        out.add(SYSTEM)
+        for user, answer in conversation.turns():
+            out.add(LLAMA2_USER)
+            add_images_then_question(out, user, between=LLAMA2_USER)
+            out.add(INST_CLOSE)
+            if answer is not None:
+                out.add(answer.text)
+        return out.done()
 
     def render_text(self, conversation: Conversation, *, eos: str = "") -> str:
-        return segments_text(self.render(conversation), eos=eos)
+        """What a chat shows the model (the generation rendering, answers included)."""
+        return segments_text(self.render_chat(conversation))
 
     def extract_response(self, generated: str) -> str:
-        return generated.split(INST_OPEN.strip(), 1)[0].strip()
+        """Cut at ``###`` (the demo's stop) or at a new ``[INST]``; stripped."""
+        return generated.split(SEP, 1)[0].split(INST_OPEN.strip(), 1)[0].strip()
