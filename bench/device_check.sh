@@ -13,7 +13,7 @@
 set -uo pipefail
 OUT=${OUT:-device-out}
 DEVICE=${DEVICE:-cuda}
-SERVE_ARGS=${SERVE_ARGS:---size 7b --clients 1,8 --requests 2 --max-tokens 128 --rounds 1}
+SERVE_ARGS=${SERVE_ARGS:---size 7b --clients 1,8 --requests 1 --max-tokens 128 --rounds 1}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -30,12 +30,12 @@ fi
 } 2>&1 | tee "$OUT/gpu.txt"
 
 status=0
-MMGPT_TEST_DEVICE=$DEVICE timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider -p no:randomly tests/test_device.py \
+MMGPT_TEST_DEVICE=$DEVICE timeout 120 "$PYTHON" -m pytest -q -p no:cacheprovider -p no:randomly tests/test_device.py \
   tests/train/test_trainer.py::test_reduced_precision_runs \
   tests/train/test_trainer.py::test_a_lora_run_writes_a_peft_adapter_checkpoints_and_metrics 2>&1 \
   | tee "$OUT/tests.txt" || status=1
 
 # shellcheck disable=SC2086  # SERVE_ARGS is a list of arguments
-timeout 420 "$PYTHON" bench/serve.py --device "$DEVICE" --dtype "$([ "$DEVICE" = cpu ] && echo float32 || echo bfloat16)" \
+timeout 450 "$PYTHON" bench/serve.py --device "$DEVICE" --dtype "$([ "$DEVICE" = cpu ] && echo float32 || echo bfloat16)" \
   $SERVE_ARGS 2>&1 | tee "$OUT/serve.txt" || status=1
 exit $status
