@@ -16,7 +16,10 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmgpt.train.distributed import DistributedContext
 
 WORLD, SCORE, LIST, EXPORT = "world", "score", "list", "export-world"
 WORLD_BATCH, BENCHMARK_BATCH = 32, 8
@@ -133,7 +136,7 @@ def _shot_counts(text: str) -> list[int]:
     return counts
 
 
-def _in_group(ctx) -> tuple[Any, Any, str]:
+def _in_group(ctx: DistributedContext) -> tuple[Any, Any, str]:
     """(shard, barrier, device): under torchrun (WORLD_SIZE > 1) this process's share and the group's barrier, else
     a single shard; the device is ``--device``, or cuda:LOCAL_RANK when CUDA is there, else cpu."""
     from functools import partial
@@ -178,7 +181,7 @@ def _evaluate(args: argparse.Namespace, console) -> int:
         shutdown(ctx)  # every rank leaves the group it joined, rather than tearing it down at the interpreter's exit
 
 
-def _evaluate_in(ctx, args: argparse.Namespace, console) -> int:
+def _evaluate_in(ctx: DistributedContext, args: argparse.Namespace, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mmgpt.evaluate.benchmarks import benchmark

@@ -62,7 +62,7 @@ def shutdown(ctx: DistributedContext) -> None:
     """Leave the process group; call it once the run's DDP wrapper is unreachable. Its reducer holds the group too,
     and a reducer freed after ``destroy_process_group`` frees the group's last reference with the GIL held: gloo's
     destructor then joins its worker threads while one of them waits for the GIL to free a finished collective's
-    tensors - a deadlock (seen in 3 runs of 10 of the two-rank test). The group's own Python object releases the GIL
+    tensors - a deadlock (seen in about 1 run of 4 of the two-rank test). The group's own Python object releases the GIL
     when it goes, so it must go last."""
     if ctx.enabled and dist.is_initialized():
         gc.collect()  # a wrapper left in a reference cycle goes now, while the group still holds its own reference
