@@ -4,8 +4,9 @@
 # image has them); the serving packages it lacks travel as wheels in .whl/ (bench/device_wheels.sh fetches them here).
 #
 #   1. tests/test_device.py on the GPU: every model kind loaded onto it by its loader in float32 (chats as on the
-#      CPU) and bfloat16 (cached decoding agrees with one forward), concurrent turns batched there as each alone;
-#      and training on the GPU in bf16 and fp16 (tests/train's runs use device: auto).
+#      CPU) and bfloat16, its language model also in int8 and nf4 (cached decoding agrees with one forward),
+#      concurrent turns batched there as each alone; training on the GPU in bf16 and fp16 (tests/train's runs use
+#      device: auto), and LoRA over an NF4 base (QLoRA).
 #   2. bench/serve.py at LLaMA-7B's and CLIP ViT-L/14's shapes in bfloat16: batching versus taking turns over HTTP.
 #
 # Everything it prints also goes to $OUT (default ./device-out): gpu.txt, tests.txt, serve.txt.
@@ -32,7 +33,8 @@ fi
 status=0
 MMGPT_TEST_DEVICE=$DEVICE timeout 120 "$PYTHON" -m pytest -q -p no:cacheprovider -p no:randomly tests/test_device.py \
   tests/train/test_trainer.py::test_reduced_precision_runs \
-  tests/train/test_trainer.py::test_a_lora_run_writes_a_peft_adapter_checkpoints_and_metrics 2>&1 \
+  tests/train/test_trainer.py::test_a_lora_run_writes_a_peft_adapter_checkpoints_and_metrics \
+  tests/train/test_quantized_base.py 2>&1 \
   | tee "$OUT/tests.txt" || status=1
 
 # shellcheck disable=SC2086  # SERVE_ARGS is a list of arguments

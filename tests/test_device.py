@@ -1,5 +1,6 @@
 """The paths a GPU takes, for every model kind: each loaded by its own loader straight onto the device, in float32
-and bfloat16; a chat with images there; its KV cache in bfloat16; concurrent turns batched there.
+and bfloat16, its language model also in 8 and 4 bits (bitsandbytes); a chat with images there; its KV cache in
+bfloat16; concurrent turns batched there.
 
 They run on CUDA where there is one (``bench/device_check.sh`` runs them, with training in bfloat16 and the serving
 benchmark, on a lent GPU) and on the CPU elsewhere, so every CI run keeps them working; ``MMGPT_TEST_DEVICE`` names
@@ -65,8 +66,9 @@ def conversation(chat: ChatModel) -> list[str]:
 
 
 def where(model) -> tuple[str, torch.dtype]:
+    """The one device of every parameter and the one dtype of the floating ones (quantized weights are integers)."""
     devices = {p.device.type for p in model.parameters()}
-    dtypes = {p.dtype for p in model.parameters()}
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     assert len(devices) == 1 and len(dtypes) == 1, (devices, dtypes)
     return devices.pop(), dtypes.pop()
 
@@ -81,11 +83,15 @@ def test_float32_on_the_device_chats_as_on_the_cpu(releases, kind):
     assert any(answers)
 
 
+@pytest.mark.parametrize("quantize", [None, "int8", "nf4"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_bfloat16_on_the_device_decodes_with_its_cache_as_in_one_forward(releases, kind):
+def test_bfloat16_on_the_device_decodes_with_its_cache_as_in_one_forward(releases, kind, quantize):
     """The logits of every position of an answer, run token by token with the KV cache, agree with one forward over
-    the whole sequence without a cache, up to bfloat16's rounding; and the model generates there."""
-    model, tokenizer = releases[kind](dtype="bfloat16", device=DEVICE)
+    the whole sequence without a cache, up to bfloat16's rounding; and the model generates there. Its language model
+    in bfloat16, or quantized (bitsandbytes' kernels of the device)."""
+    if quantize:
+        pytest.importorskip("bitsandbytes", reason="the quant extra (bitsandbytes) is not installed")
+    model, tokenizer = releases[kind](dtype="bfloat16", device=DEVICE, quantize=quantize)
     assert where(model) == (DEVICE.type, torch.bfloat16)
     prompt, pixels = prompt_of(model, tokenizer, "compare the two shapes", [picture(1), picture(2)])
     (generated,) = generate(model, tokenizer, [prompt], images=[pixels], config=GREEDY)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+# peft imports bitsandbytes whenever it is installed (the quant extra); on a CPU with AVX-512 BF16 its CPU backend
+# then warns, at every import, that an optional kernel from the Hugging Face hub is missing. Nothing to act on.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 __all__ = ["load"]

@@ -108,6 +108,7 @@ def load(
     device: str | torch.device = "cpu",
     device_map: str | dict | None = None,
     merge_lora: bool = False,
+    quantize: str | None = None,
 ) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     """Build a ready model (eval mode, frozen) and its tokenizer.
 
@@ -126,11 +127,15 @@ def load(
     file. ``tokenizer``: another tokenizer folder than the LM's. ``dtype``: float32 / bfloat16 / float16 (every
     parameter ends in it). ``device``: where the model goes (weights are loaded straight there); ``device_map``:
     instead, spread the LM over several GPUs (``"auto"``; needs accelerate). ``merge_lora``: fold the adapter into
-    the weights (faster; no adapter left).
+    the weights (faster; no adapter left). ``quantize``: ``"int8"`` or ``"nf4"``, the language model's linear layers
+    in 8 or 4 bits (bitsandbytes; ``model/quantize.py``), quantized one by one as they move to ``device``.
     """
     dtype = dtype_name(dtype)
     if device_map is not None and torch.device(device).type != "cpu":
         raise ValueError(f"pass device={device!r} or device_map={device_map!r}, not both")
+    if quantize is not None:
+        _check_quantize(quantize, device_map=device_map, merge_lora=merge_lora)
+    read_on = "cpu" if quantize else device  # a model to quantize is read into CPU memory first
     files = {"lm": lm, "clip": clip, "checkpoint": checkpoint, "eva": eva, "qformer": qformer}
     given = [f"{name}=" for name, value in files.items() if value is not None]
     saved = Path(source)
@@ -140,7 +145,7 @@ def load(
     if saved.is_dir() and (saved / CONFIG_FILE).is_file():
         if given:
             raise ValueError(f"{saved} is self-contained: drop {', '.join(given)}")
-        model, tok = load_pretrained(saved, dtype=dtype, device=device, device_map=device_map)
+        model, tok = load_pretrained(saved, dtype=dtype, device=read_on, device_map=device_map)
         adapter = None
     else:
         if saved.is_dir():
@@ -151,8 +156,14 @@ def load(
         preset = load_preset(source)
         release, adapter = preset.release, preset.lora
         model, tok = _resolve(RELEASES[release])(
-            preset, {**files, "lora": lora}, tokenizer=tokenizer, dtype=dtype, device=device, device_map=device_map
+            preset, {**files, "lora": lora}, tokenizer=tokenizer, dtype=dtype, device=read_on, device_map=device_map
         )
+    if quantize is not None:
+        from mmgpt.model.quantize import quantize_language_model
+
+        model.to(DTYPES[dtype or model.config.dtype])  # the weights are quantized from the dtype the model runs in
+        quantize_language_model(model, quantize, device=device)
+        model.to(device)
     if lora is not None:
         _load_lora(model, lora, adapter, release)
     if merge_lora and lora is not None:
@@ -162,6 +173,17 @@ def load(
     # peft keeps adapters in fp32 over a bf16/fp16 base; a model loaded "in bf16" is bf16 throughout.
     model.to(DTYPES[dtype or model.config.dtype])
     return model.eval(), tok
+
+
+def _check_quantize(quantize: str, *, device_map: str | dict | None, merge_lora: bool) -> None:
+    from mmgpt.model.quantize import QUANTIZATIONS
+
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize={quantize!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if device_map is not None:
+        raise ValueError(f"quantize={quantize!r} puts the model on device=, one device: drop device_map={device_map!r}")
+    if merge_lora:
+        raise ValueError("merge_lora folds the adapter into the weights, which quantized layers cannot take: drop one")
 
 
 def _release_directory(path: Path) -> str:

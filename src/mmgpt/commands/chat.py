@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None, metavar="PATH", help="a LoRA adapter (peft folder) to chat with")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)")
+    parser.add_argument(
+        "--quantize",
+        choices=["int8", "nf4"],
+        default=None,
+        help="the language model in 8 or 4 bits (bitsandbytes: pip install 'mmgpt[quant]')",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -36,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         adapters = {"adapter": args.adapter} if args.adapter else {}
-        chat_model = load_chat_model(args.model, adapters=adapters, device=args.device, dtype=args.dtype)
+        chat_model = load_chat_model(
+            args.model, adapters=adapters, device=args.device, dtype=args.dtype, quantize=args.quantize
+        )
         config = GenerationConfig(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
         )

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--device", help="cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK when CUDA is there, else cpu)"
     )
+    model.add_argument(
+        "--quantize", choices=["int8", "nf4"], help="the language model in 8 or 4 bits (bitsandbytes; mmgpt[quant])"
+    )
     model.add_argument("--threads", type=int, help="CPU threads for torch (on a busy machine 1 can be faster)")
     runs = parser.add_argument_group("runs")
     runs.add_argument("--shots", default="0", help="in-context example counts, comma-separated (default %(default)s)")
@@ -152,7 +155,7 @@ def _load(args: argparse.Namespace, device: str):
 
     if not args.model:
         raise ValueError("--model is required: tiny-world, a saved model directory, or a preset with its files")
-    return load(args.model, lora=args.adapter, device=device)
+    return load(args.model, lora=args.adapter, device=device, quantize=args.quantize)
 
 
 class _Bar:

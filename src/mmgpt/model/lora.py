@@ -37,6 +37,7 @@ from mmgpt.model.contract import (
     SELF_ATTENTION,
     VisionLanguageModel,
 )
+from mmgpt.model.quantize import is_quantized
 
 ADAPTER = "default"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -225,6 +226,8 @@ def set_lora_state(
 
 def merge_lora(model: VisionLanguageModel) -> VisionLanguageModel:
     """Fold the adapters into the base weights (W += B A * alpha/r) and remove them: a plain, frozen model."""
+    if is_quantized(model):
+        raise ValueError("the model is quantized: an adapter cannot be folded into 8- or 4-bit weights; keep it apart")
     lm = model.language_model
     layers = [(name, m) for name, m in lm.named_modules() if isinstance(m, LoraLayer)]
     if not layers:

@@ -24,18 +24,22 @@ T = TypeVar("T")
 
 
 def load_model(
-    spec: str, *, device: str = "cpu", dtype: str | None = None
+    spec: str, *, device: str = "cpu", dtype: str | None = None, quantize: str | None = None
 ) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     if spec == TINY_RANDOM:
         from mmgpt.config import DTYPES, dtype_name
+        from mmgpt.model.quantize import quantize_language_model
         from mmgpt.tiny_random import tiny_random_model
 
         model, tokenizer = tiny_random_model(0)
         dtype = dtype_name(dtype)
-        return model.to(device=device, dtype=DTYPES[dtype] if dtype else None).eval(), tokenizer
+        model.to(dtype=DTYPES[dtype] if dtype else None)
+        if quantize is not None:
+            quantize_language_model(model, quantize, device=device)
+        return model.to(device=device).eval(), tokenizer
     from mmgpt.load import load
 
-    return load(spec, dtype=dtype, device=device)
+    return load(spec, dtype=dtype, device=device, quantize=quantize)
 
 
 def parse_adapters(specs: Sequence[str]) -> dict[str, str]:
@@ -70,14 +74,16 @@ def load_chat_model(
     adapters: dict[str, str] | None = None,
     device: str = "cpu",
     dtype: str | None = None,
+    quantize: str | None = None,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ChatModel:
-    """The model of ``spec`` (called ``name``, default the directory's name) with each named adapter loaded beside
-    the others over the shared base."""
-    model, tokenizer = load_model(spec, device=device, dtype=dtype)
+    """The model of ``spec`` (called ``name``, default the directory's name; its language model quantized with
+    ``quantize``) with each named adapter loaded beside the others over the shared base."""
+    model, tokenizer = load_model(spec, device=device, dtype=dtype, quantize=quantize)
     for adapter, path in (adapters or {}).items():
         load_named_adapter(model, path, adapter)
-    model.to(device=device, dtype=next(model.parameters()).dtype)  # adapters join the base's device and dtype
+    base_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())  # not a quantized weight's
+    model.to(device=device, dtype=base_dtype)  # adapters join the base's device and dtype
     name = name or (TINY_RANDOM if spec == TINY_RANDOM else Path(spec).name)
     return ChatModel.wrap(model, tokenizer, name=name, max_image_pixels=max_image_pixels)
 

@@ -9,6 +9,7 @@ from torch import nn
 from mmgpt.config import LoraConfig
 from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.model.lora import apply_lora, has_lora, is_lora_name, trainable_parameter_table
+from mmgpt.model.quantize import is_quantized
 from mmgpt.train.config import OptimizerConfig
 
 
@@ -24,6 +25,11 @@ def make_trainable(
     of LoRA need the precision (compute still runs in the autocast dtype).
     """
     model.requires_grad_(False)
+    if trainable != "lora" and is_quantized(model):
+        raise ValueError(
+            f"trainable: {trainable} over a quantized model: its weights cannot be trained or saved whole; use "
+            "trainable: lora (with train_groups for unquantized parts, e.g. the connector), or load it unquantized"
+        )
     if trainable == "lora":
         if has_lora(model):
             raise ValueError("the model already carries a LoRA adapter; train from the base model, or merge it first")
@@ -31,7 +37,9 @@ def make_trainable(
         groups: tuple[str, ...] = ()
     else:
         groups = model.trainable_groups(trainable)
-    for _, p in model.group_parameters((*groups, *also)):
+    for name, p in model.group_parameters((*groups, *also)):
+        if not p.is_floating_point():
+            raise ValueError(f"train_groups {list(also)} hold {name}, quantized ({p.dtype}): it cannot train")
         p.requires_grad_(True)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:

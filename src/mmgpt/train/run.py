@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from mmgpt.config import ConfigError
@@ -42,13 +43,19 @@ def load_base_model(
     return load(spec, **options)
 
 
-def load_run_model(cfg: TrainConfig) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
+def load_run_model(
+    cfg: TrainConfig, *, device: torch.device | None = None
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase]:
     """The model a run trains: its base (``model``, ``model_options``, ``init``) with the config's architecture
     options applied (``gate_init``, ``vision_positions``, ``perceiver_latents``) - before any weight of the run is
-    loaded, so a resumed run grows and changes the base the same way, then loads its weights."""
+    loaded, so a resumed run grows and changes the base the same way, then loads its weights. A base to quantize
+    (``model_options.quantize``) is quantized straight onto ``device``, the run's."""
     from mmgpt.model.build import apply_architecture_options
 
-    model, tokenizer = load_base_model(cfg.model, cfg.model_options, init=cfg.init)
+    options = dict(cfg.model_options)
+    if options.get("quantize") and device is not None:
+        options.setdefault("device", str(device))
+    model, tokenizer = load_base_model(cfg.model, options, init=cfg.init)
     apply_architecture_options(
         model,
         gate_init=cfg.gate_init,
@@ -123,7 +130,7 @@ def _fit(
     evaluators: dict[str, Evaluator] | None,
     progress_stream,
 ) -> TrainResult:
-    model, tokenizer = load_run_model(cfg)
+    model, tokenizer = load_run_model(cfg, device=ctx.device)
     trainer = Trainer(cfg, model, tokenizer, ctx=ctx, evaluators=run_evaluators(cfg, evaluators))
     if checkpoint is not None or resume:
         trainer.resume(checkpoint)  # says which checkpoint it continued from (or that there was none yet)

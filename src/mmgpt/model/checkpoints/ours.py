@@ -23,6 +23,7 @@ from mmgpt.model.build import build_model
 from mmgpt.model.checkpoints.torch_files import read_safetensors_into, safetensors_header, write_safetensors
 from mmgpt.model.contract import VisionLanguageModel
 from mmgpt.model.lora import has_lora
+from mmgpt.model.quantize import is_quantized
 from mmgpt.tokens import read_tokenizer
 
 CONFIG_FILE = "mmgpt.yaml"
@@ -32,6 +33,11 @@ TOKENIZER_DIR = "tokenizer"
 
 def save_pretrained(model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
     """Write ``model`` as one self-contained directory (see the module docstring); LoRA must be merged first."""
+    if is_quantized(model):
+        raise ValueError(
+            "the model is quantized: it cannot be saved whole (load it without quantize= to save it, or save an "
+            "adapter with mmgpt.model.lora.save_adapter)"
+        )
     if has_lora(model):
         raise ValueError(
             "the model has unmerged LoRA adapters; fold them in with mmgpt.model.lora.merge_lora(model) first (or save "

@@ -35,7 +35,7 @@ def keys_values(media: Media, block_id: int, attn: MaskedCrossAttention) -> tupl
     cached = media.derived.get(block_id)
     if cached is not None:
         return cached
-    device, dtype = attn.to_kv.weight.device, attn.to_kv.weight.dtype
+    device, dtype = attn.norm.weight.device, attn.norm.weight.dtype  # not to_kv's: it may hold quantized weights
     kv = attn.project_media(media.features.to(device=device, dtype=dtype))
     if not torch.is_grad_enabled():
         media.derived[block_id] = kv
