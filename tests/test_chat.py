@@ -168,8 +168,9 @@ def test_prompt_text_and_save(chat, tmp_path):
     assert saved["messages"][0]["images"] == ["<in-memory image>"]
 
 
-def model_with_adapters(folder, names=("one", "two")):
-    """A tiny "following" model with one random LoRA adapter per name loaded over it, by name."""
+def model_with_adapters(folder, names=("one", "two"), *, quantize: str | None = None):
+    """A tiny "following" model (its language model quantized with ``quantize``) with one random LoRA adapter per
+    name loaded over it, by name."""
     paths = []
     for seed, name in enumerate(names, start=1):
         model, _ = tiny_model("llama", "following")
@@ -180,6 +181,10 @@ def model_with_adapters(folder, names=("one", "two")):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
         paths.append(save_adapter(model, folder / name))
     model, tokenizer = tiny_model("llama", "following")
+    if quantize is not None:
+        from mmgpt.model.quantize import quantize_language_model
+
+        quantize_language_model(model, quantize, device="cpu")
     for name, path in zip(names, paths, strict=True):
         load_named_adapter(model, path, name)
     return model, tokenizer

@@ -15,7 +15,7 @@ from mmgpt.config import LoraConfig
 from mmgpt.generate import GenerationConfig
 from mmgpt.model.checkpoints import save_pretrained
 from mmgpt.model.lora import apply_lora, merge_lora
-from mmgpt.model.quantize import is_quantized
+from mmgpt.model.quantize import is_quantized, quantize_language_model
 from tests.model.conftest import logits, tiny_model
 from tests.test_chat import picture
 from tests.test_contract import from_scratch
@@ -46,8 +46,10 @@ def test_every_linear_of_the_language_model_but_its_head_holds_its_weights_quant
     lm, plain_lm = model.language_model, plain.language_model
     linears = {n for n, m in plain_lm.named_modules() if type(m) is nn.Linear} - {"lm_head"}
     assert len(linears) == 38  # q k v o, gate up down in 4 layers; the 2 gated blocks' q, kv, out and 2 ff each
-    if kind == "nf4":  # the blocks' kv (from the 32-wide media) and out (2 heads x 16) are narrower than a block
-        linears = {n for n in linears if not n.endswith(("to_kv", "to_out"))}
+    if kind == "nf4":  # narrower than NF4's block of 64: k, v (2 KV heads x 16) and the gated blocks' attention (2
+        # heads x 16, the 32-wide media); every width of the released models is a multiple of 64
+        linears = {n for n in linears if not n.endswith(("k_proj", "v_proj", "to_q", "to_kv", "to_out"))}
+        assert len(linears) == 24
     assert {n for n, m in lm.named_modules() if isinstance(m, LAYER[kind])} == linears
     assert type(lm.lm_head) is nn.Linear and torch.equal(lm.lm_head.weight, plain_lm.lm_head.weight)
     for name in sorted(linears):
@@ -96,6 +98,10 @@ def test_what_quantized_weights_cannot_do_says_so(saved, tmp_path):
     apply_lora(model, LoraConfig(r=4, alpha=8))
     with pytest.raises(ValueError, match="cannot be folded into 8- or 4-bit weights"):
         merge_lora(model)
+    plain, _ = mmgpt.load(saved)
+    apply_lora(plain, LoraConfig(r=4, alpha=8))
+    with pytest.raises(ValueError, match="quantize the base first, then add them"):
+        quantize_language_model(plain, "nf4", device="cpu")
 
 
 def test_mmgpt_chat_quantize_answers_as_the_library(saved, monkeypatch, capsys):
@@ -108,3 +114,20 @@ def test_mmgpt_chat_quantize_answers_as_the_library(saved, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("describe\n"))
     assert main(["chat", "--model", str(saved), "--quantize", "int8", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out == f"{expected.text}\n"
+
+
+def test_batched_turns_over_an_nf4_model_with_adapters_answer_as_each_alone(tmp_path):
+    """NF4 computes each row on its own, so the scheduler's batch (rows with their own adapters, images, sampling)
+    answers as each alone, as over a 16-bit model."""
+    from mmgpt.chat import start_batching, stop_batching
+    from tests.test_chat import model_with_adapters
+    from tests.test_scheduler import SESSIONS, converse, run_concurrently
+
+    chat = ChatModel.wrap(*model_with_adapters(tmp_path, ("one", "two"), quantize="nf4"))
+    assert is_quantized(chat.model)
+    alone = [converse(chat, i) for i in range(len(SESSIONS))]
+    start_batching(chat, max_rows=8)
+    try:
+        assert run_concurrently(chat, list(range(len(SESSIONS)))) == alone
+    finally:
+        stop_batching(chat)

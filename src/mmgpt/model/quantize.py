@@ -20,26 +20,32 @@ from torch import nn
 
 QUANTIZATIONS = ("int8", "nf4")
 INT8_THRESHOLD = 6.0  # transformers' llm_int8_threshold default, as MiniGPT-4's load_in_8bit used
-# NF4's block: a layer whose input width is not a multiple of it stays in the model's dtype (bitsandbytes' CPU kernel
-# packs whole blocks per row). Every width of the released models is a multiple of 64.
+# NF4's block: a layer whose widths are not multiples of it stays in the model's dtype (bitsandbytes' CPU kernel packs
+# whole blocks of inputs per row, and outputs by 32). Every width of the released models is a multiple of 64.
 BLOCK = 64
 
 
 def quantize_language_model(model: nn.Module, kind: str, *, device: torch.device | str) -> int:
-    """Replace every ``nn.Linear`` of ``model.language_model`` but its output head (and, for nf4, those of an input
-    width that is not a multiple of ``BLOCK``) with a ``kind`` bitsandbytes layer on ``device``; returns how many."""
+    """Replace every ``nn.Linear`` of ``model.language_model`` but its output head (and, for nf4, those with a width
+    that is not a multiple of ``BLOCK``) with a ``kind`` bitsandbytes layer on ``device``; returns how many."""
     if kind not in QUANTIZATIONS:
         raise ValueError(f"quantize={kind!r} is not one of {', '.join(QUANTIZATIONS)}")
-    bnb = _bitsandbytes()
     language_model = model.language_model
+    if any(type(m).__module__.startswith("peft.") for m in language_model.modules()):
+        raise ValueError("the model carries LoRA adapters: quantize the base first, then add them (mmgpt.load does)")
+    bnb = _bitsandbytes()
     head = language_model.get_output_embeddings()
     replaced = 0
     for module in list(language_model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is nn.Linear and child is not head and (kind != "nf4" or child.in_features % BLOCK == 0):
+            if type(child) is nn.Linear and child is not head and _fits(child, kind):
                 setattr(module, name, _quantized(bnb, child, kind, torch.device(device)))
                 replaced += 1
     return replaced
+
+
+def _fits(linear: nn.Linear, kind: str) -> bool:
+    return kind != "nf4" or (linear.in_features % BLOCK == 0 and linear.out_features % BLOCK == 0)
 
 
 def is_quantized(model: nn.Module) -> bool:
