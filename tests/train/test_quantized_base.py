@@ -17,11 +17,14 @@ pytest.importorskip("bitsandbytes", reason="the quant extra (bitsandbytes) is no
 
 
 def test_lora_adapters_train_over_a_4_bit_base_and_load_on_either(train_config, tiny_model_dir, tmp_path):
-    cfg = load_train_config({**train_config, "model_options": {"quantize": "nf4"}}, ["checkpoint.every=0"])
+    # QLoRA's usual settings: bf16 compute, activations recomputed in backward
+    overrides = ["checkpoint.every=0", "precision=bf16", "gradient_checkpointing=true"]
+    cfg = load_train_config({**train_config, "model_options": {"quantize": "nf4"}}, overrides)
     result = train(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert result.steps == 4 and len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
     quantized, _ = mmgpt.load(tiny_model_dir, lora=result.output, quantize="nf4")
     plain, _ = mmgpt.load(tiny_model_dir, lora=result.output)
     base, _ = mmgpt.load(tiny_model_dir)
