@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         session = ChatSession(chat_model, adapter="adapter" if args.adapter else None, context_budget=args.context)
         for image in args.image:
             session.add_image(image)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:  # ImportError: an extra (--quantize)
         print(f"error: {error}", file=sys.stderr)
         return 2
     return chat_loop(session, config, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             ]
         )
         models = ServedModels(chat_models)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:  # ImportError: an extra (--quantize)
         print(f"error: {error}")
         return 2
     config = ServeConfig(
