@@ -11,11 +11,13 @@ import mmgpt.commands
 
 
 def verb_modules() -> dict[str, object]:
-    """Every module of `mmgpt.commands`, by verb (the module name; a trailing underscore is dropped)."""
+    """Every module of `mmgpt.commands`, by verb (the module name; a trailing underscore is dropped), but the private
+    ones (a leading underscore: what several verbs share)."""
     found = pkgutil.iter_modules(mmgpt.commands.__path__)
     return {
         info.name.rstrip("_"): importlib.import_module(f"mmgpt.commands.{info.name}")
         for info in sorted(found, key=lambda info: info.name)
+        if not info.name.startswith("_")
     }
 
 

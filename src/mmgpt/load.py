@@ -176,10 +176,9 @@ def load(
 
 
 def _check_quantize(quantize: str, *, device_map: str | dict | None, merge_lora: bool) -> None:
-    from mmgpt.model.quantize import QUANTIZATIONS
+    from mmgpt.model.quantize import check_kind
 
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize={quantize!r} is not one of {', '.join(QUANTIZATIONS)}")
+    check_kind(quantize)  # before any weight is read
     if device_map is not None:
         raise ValueError(f"quantize={quantize!r} puts the model on device=, one device: drop device_map={device_map!r}")
     if merge_lora:

@@ -87,6 +87,13 @@ def test_a_quantized_model_chats_with_its_cache_as_it_recomputes_and_takes_an_ad
         assert (session.last.reused_tokens > 0) == (turn > 0)
 
 
+def test_the_commands_offer_every_quantization():
+    from mmgpt.commands._options import QUANTIZE_CHOICES
+    from mmgpt.model.quantize import QUANTIZATIONS
+
+    assert QUANTIZE_CHOICES == QUANTIZATIONS
+
+
 def test_what_quantized_weights_cannot_do_says_so(saved, tmp_path):
     with pytest.raises(ValueError, match="not one of int8, nf4"):
         mmgpt.load(saved, quantize="int4")

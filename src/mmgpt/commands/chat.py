@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import TextIO
 
+from mmgpt.commands._options import add_quantize
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -22,12 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None, metavar="PATH", help="a LoRA adapter (peft folder) to chat with")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)")
-    parser.add_argument(
-        "--quantize",
-        choices=["int8", "nf4"],
-        default=None,
-        help="the language model in 8 or 4 bits (bitsandbytes: pip install 'mmgpt[quant]')",
-    )
+    add_quantize(parser)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=256)

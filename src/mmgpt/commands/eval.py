@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmgpt.commands._options import add_quantize
+
 if TYPE_CHECKING:
     from mmgpt.train.distributed import DistributedContext
 
@@ -44,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--device", help="cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK when CUDA is there, else cpu)"
     )
-    model.add_argument(
-        "--quantize", choices=["int8", "nf4"], help="the language model in 8 or 4 bits (bitsandbytes; mmgpt[quant])"
-    )
+    add_quantize(model)
     model.add_argument("--threads", type=int, help="CPU threads for torch (on a busy machine 1 can be faster)")
     runs = parser.add_argument_group("runs")
     runs.add_argument("--shots", default="0", help="in-context example counts, comma-separated (default %(default)s)")

@@ -13,6 +13,8 @@ import argparse
 import logging
 import os
 
+from mmgpt.commands._options import add_quantize
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -37,12 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-web", action="store_true", help="serve the API only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)")
-    parser.add_argument(
-        "--quantize",
-        choices=["int8", "nf4"],
-        default=None,
-        help="the language model in 8 or 4 bits (bitsandbytes: pip install 'mmgpt[quant]')",
-    )
+    add_quantize(parser)
     parser.add_argument("--allow-image-urls", action="store_true", help="fetch http(s) image URLs (off: data: only)")
     parser.add_argument("--max-images", type=int, default=8, help="images per request")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="decoded pixels per image")

@@ -28,8 +28,7 @@ BLOCK = 64
 def quantize_language_model(model: nn.Module, kind: str, *, device: torch.device | str) -> int:
     """Replace every ``nn.Linear`` of ``model.language_model`` but its output head (and, for nf4, those with a width
     that is not a multiple of ``BLOCK``) with a ``kind`` bitsandbytes layer on ``device``; returns how many."""
-    if kind not in QUANTIZATIONS:
-        raise ValueError(f"quantize={kind!r} is not one of {', '.join(QUANTIZATIONS)}")
+    check_kind(kind)
     language_model = model.language_model
     if any(type(m).__module__.startswith("peft.") for m in language_model.modules()):
         raise ValueError("the model carries LoRA adapters: quantize the base first, then add them (mmgpt.load does)")
@@ -42,6 +41,11 @@ def quantize_language_model(model: nn.Module, kind: str, *, device: torch.device
                 setattr(module, name, _quantized(bnb, child, kind, torch.device(device)))
                 replaced += 1
     return replaced
+
+
+def check_kind(kind: str) -> None:
+    if kind not in QUANTIZATIONS:
+        raise ValueError(f"quantize={kind!r} is not one of {', '.join(QUANTIZATIONS)}")
 
 
 def _fits(linear: nn.Linear, kind: str) -> bool:
